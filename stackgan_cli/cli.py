@@ -8,6 +8,7 @@ Each command parses its options and calls one function of the library. Errors th
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from stackgan_cli import __version__
@@ -26,7 +27,7 @@ class _FriendlyErrors(TyperGroup):
         except StackGANError as exc:
             if _debug:
                 raise
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             if _debug:
@@ -70,6 +71,21 @@ def _global_options(
 
 # Command registration: one line per command module (keep this block sorted by workflow order).
 # --- commands ---
+from stackgan_cli.commands import prepare as _prepare  # noqa: E402
+
+app.add_typer(_prepare.app, name="prepare")
+from stackgan_cli.commands import train as _train  # noqa: E402
+
+app.command("train")(_train.train)
+from stackgan_cli.commands import resume as _resume  # noqa: E402
+
+app.command("resume")(_resume.resume)
+from stackgan_cli.commands import generate as _generate  # noqa: E402
+
+app.command("generate")(_generate.generate)
+from stackgan_cli.commands import evaluate as _evaluate  # noqa: E402
+
+app.command("evaluate")(_evaluate.evaluate)
 # --- end commands ---
 
 

@@ -8,8 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def fsync_dir(path: Path) -> None:
     """Flush a directory entry (after a rename) to disk where the OS allows it."""
@@ -53,6 +51,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file, fsync, then rename into place."""
+    import torch  # lazily: most callers of this module never save tensors
+
     with atomic_file(path, "wb") as handle:
         torch.save(obj, handle)
 

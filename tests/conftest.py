@@ -22,3 +22,46 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present beside the checkout")
     return SHARED_DATA
+
+
+SHAPES_FIXTURE_IMAGES = 80
+"""Images in the session's shared shapes dataset (60 train / 20 test)."""
+SHAPES_FIXTURE_TEXT_EPOCHS = 1
+"""Text-encoder epochs for it: a working (if rough) encoder in a few seconds."""
+
+
+@pytest.fixture(scope="session")
+def prepared_shapes_root(tmp_path_factory) -> Path:
+    """A cache root, made once per session, holding a tiny prepared shapes dataset at
+    ``<root>/datasets/shapes/prepared`` (80 images: 60 train / 20 test, seed 0, with a briefly
+    trained text encoder). Read-only: use ``shapes_dataset`` in tests."""
+    from stackgan_cli.data.prepare import prepare_shapes
+
+    root = tmp_path_factory.mktemp("prepared_shapes_home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STACKGAN_HOME", str(root))
+        prepare_shapes(
+            images=SHAPES_FIXTURE_IMAGES,
+            seed=0,
+            workers=0,
+            text_encoder_epochs=SHAPES_FIXTURE_TEXT_EPOCHS,
+        )
+    return root
+
+
+@pytest.fixture
+def shapes_dataset(prepared_shapes_root, isolated_cache) -> Path:
+    """The session's prepared shapes dataset, made available as ``shapes`` in this test's own
+    cache (so ``--dataset shapes`` and ``load_prepared("shapes")`` work); returns its prepared
+    folder. Folders are real and files are symlinks, so a test that re-prepares or deletes it
+    changes only its own copy."""
+    source = prepared_shapes_root / "datasets" / "shapes" / "prepared"
+    target = isolated_cache / "datasets" / "shapes" / "prepared"
+    for path in sorted(source.rglob("*")):
+        destination = target / path.relative_to(source)
+        if path.is_dir():
+            destination.mkdir(parents=True, exist_ok=True)
+        else:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.symlink_to(path)
+    return target

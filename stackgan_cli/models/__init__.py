@@ -1,1 +1,49 @@
-"""models"""
+"""The StackGAN networks (official StackGAN-Pytorch layout), their configuration and builders.
+
+Losses live in :mod:`stackgan_cli.models.losses`, the official checkpoint import in
+:mod:`stackgan_cli.models.official`.
+"""
+
+from torch import nn
+
+from stackgan_cli.models.config import IMAGE_SIZE, PRESETS, ModelConfig, image_size
+from stackgan_cli.models.init import init_weights
+from stackgan_cli.models.layers import ConditioningAugmentation, DiscriminatorHead, ResBlock
+from stackgan_cli.models.stage1 import Stage1Discriminator, Stage1Generator
+from stackgan_cli.models.stage2 import Stage2Discriminator, Stage2Generator
+
+
+def build_generator(stage: int, cfg: ModelConfig) -> nn.Module:
+    """A freshly initialised Stage-1 or Stage-2 generator."""
+    if stage == 1:
+        return Stage1Generator(cfg)
+    if stage == 2:
+        return Stage2Generator(cfg)
+    raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+
+
+def build_discriminator(stage: int, cfg: ModelConfig) -> nn.Module:
+    """A freshly initialised Stage-1 or Stage-2 discriminator."""
+    if stage == 1:
+        return Stage1Discriminator(cfg)
+    if stage == 2:
+        return Stage2Discriminator(cfg)
+    raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+
+
+__all__ = [
+    "IMAGE_SIZE",
+    "PRESETS",
+    "ConditioningAugmentation",
+    "DiscriminatorHead",
+    "ModelConfig",
+    "ResBlock",
+    "Stage1Discriminator",
+    "Stage1Generator",
+    "Stage2Discriminator",
+    "Stage2Generator",
+    "build_discriminator",
+    "build_generator",
+    "image_size",
+    "init_weights",
+]

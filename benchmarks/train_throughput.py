@@ -1,0 +1,402 @@
+"""Training throughput: full StackGAN iterations at birds widths, as JSON.
+
+One iteration = G forward, D step on real / wrong / fake, G step with the KL term: what
+``stackgan train`` does per batch. ``--official`` runs the iteration the way the official
+StackGAN-Pytorch trainer writes it (NCHW, the default for-loop Adam, D weight gradients
+computed in the G step, float32, data as ready-made tensors), so speed-ups are measured on the
+same machine. Without it the training defaults run (``stackgan_cli.training.step.GANStep``
+with the device-resident sampler). Prints one JSON object: images/s and seconds per iteration
+(median of the timed steps after warm-up), peak memory, FLOPs per iteration and achieved
+FLOP/s (MFU on GPUs with a known peak), torch version, device name and process CPU time over
+wall time (about the thread count on an idle CPU; near 1 when other processes compete).
+
+``--ablate`` measures the official iteration, then each means alone on top of it, then all of
+them together (the training default) and with ``torch.compile``; one JSON line each, every
+configuration in a fresh process (clean peak-memory figures and compile caches).
+
+    python benchmarks/train_throughput.py --stage 1 --batch-size 16 --steps 8
+    python benchmarks/train_throughput.py --stage 2 --device cuda --batch-size 64 --ablate
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+
+from stackgan_cli.data.sampler import DeviceBatchSampler
+from stackgan_cli.models import ModelConfig, build_discriminator, build_generator
+from stackgan_cli.models.losses import discriminator_loss, generator_loss, kl_loss
+from stackgan_cli.training.step import GANStep, make_optimizers, prepare_modules
+
+DEFAULT_BATCH = {1: 16, 2: 4}  # spec section 9's CPU measurements of the official code
+OFFICIAL_CPU_IMAGES_PER_S = {1: 9.5, 2: 0.48}  # spec section 9, idle 2-core CPU
+LOAD_SIZE = {1: 76, 2: 304}
+IMAGE_SIZE = {1: 64, 2: 256}
+# Dense peak FLOP/s by GPU name fragment: (bf16 tensor cores, TF32 tensor cores).
+PEAK_FLOPS = {"H100": (989.4e12, 494.7e12), "H200": (989.4e12, 494.7e12), "A100": (312e12, 156e12)}
+
+
+@dataclass
+class Means:
+    """What an iteration uses; ``official`` runs the official trainer's iteration instead."""
+
+    official: bool = False
+    channels_last: bool = False
+    fused_adam: bool = False
+    freeze_d: bool = False  # no D weight gradients in the G step
+    fused_upsample: bool = False  # G's upsample + conv3x3 at the input resolution
+    gemm_convs: bool = False  # the widest convolutions as matrix products (CPU)
+    sampler: bool = False  # device-resident uint8 data with on-device crop/flip/caption
+    amp: bool = False  # bf16 autocast (CUDA only)
+    cudnn_benchmark: bool = False  # CUDA only
+    compile: bool = False
+    compile_mode: str | None = None
+
+
+def training_default(device: str) -> Means:
+    """What ``stackgan train`` uses on ``device`` (without --compile)."""
+    cuda = device == "cuda"
+    return Means(
+        channels_last=cuda,
+        fused_adam=True,
+        fused_upsample=True,
+        gemm_convs=not cuda,
+        freeze_d=True,
+        sampler=True,
+        amp=cuda,
+        cudnn_benchmark=cuda,
+    )
+
+
+def ablation_plan(device: str) -> list[tuple[str, Means]]:
+    """The official iteration, each means alone on it, all of them, all + compile variants."""
+    base = Means()
+    single = ["channels_last", "fused_adam", "freeze_d", "fused_upsample", "sampler"]
+    if device == "cpu":
+        single.append("gemm_convs")
+    if device == "cuda":
+        single += ["amp"]
+    # The official trainer sets cudnn.benchmark itself (spec 5).
+    plan = [("official", replace(base, official=True, cudnn_benchmark=device == "cuda"))]
+    plan += [(f"+{name}", replace(base, **{name: True})) for name in single]
+    default = training_default(device)
+    plan.append(("training_default", default))
+    flipped = not default.channels_last
+    plan.append(
+        (
+            f"training_default{'+' if flipped else '-'}channels_last",
+            replace(default, channels_last=flipped),
+        )
+    )
+    if device == "cuda":
+        plan.append(("training_default-cudnn_benchmark", replace(default, cudnn_benchmark=False)))
+    plan.append(("training_default+compile", replace(default, compile=True)))
+    if device == "cuda":
+        plan.append(
+            (
+                "training_default+compile(max-autotune-no-cudagraphs)",
+                replace(default, compile=True, compile_mode="max-autotune-no-cudagraphs"),
+            )
+        )
+        plan.append(
+            (
+                "training_default+compile(reduce-overhead: CUDA graphs)",
+                replace(default, compile=True, compile_mode="reduce-overhead"),
+            )
+        )
+    return plan
+
+
+def official_iteration(netG, netD, opt_g, opt_d, real, text, noise, stage, kl_coeff=2.0):
+    """The official trainer's iteration (trainer.py): D weight gradients are computed in the G
+    step too, and ``zero_grad`` clears them before the next D step."""
+    noise.normal_(0, 1)
+    _, fake, mu, logvar = netG(text, noise)
+    netD.zero_grad()
+    err_d, _ = discriminator_loss(netD, real, fake.detach(), mu.detach(), stage=stage)
+    err_d.backward()
+    opt_d.step()
+    netG.zero_grad()
+    err_g = generator_loss(netD, fake, mu.detach(), stage=stage)
+    (err_g + kl_coeff * kl_loss(mu, logvar)).backward()
+    opt_g.step()
+
+
+class Bench:
+    """Networks, optimizers, data and one callable iteration for a configuration."""
+
+    def __init__(self, stage: int, batch: int, device: torch.device, means: Means, cfg) -> None:
+        self.stage, self.batch, self.device, self.means = stage, batch, device, means
+        torch.manual_seed(0)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = means.cudnn_benchmark
+        self.netG = build_generator(stage, cfg).to(device).train()
+        self.netD = build_discriminator(stage, cfg).to(device).train()
+        size, load = IMAGE_SIZE[stage], LOAD_SIZE[stage]
+        if means.official:
+            self.opt_g, self.opt_d = make_optimizers(
+                self.netG, self.netD, lr_g=2e-4, lr_d=2e-4, device=device, fused=False
+            )
+            self.real = torch.rand(batch, 3, size, size, device=device) * 2 - 1
+            self.text = torch.randn(batch, cfg.text_dim, device=device)
+            self.noise = torch.empty(batch, cfg.z_dim, device=device)
+            self.iteration = lambda: official_iteration(
+                self.netG, self.netD, self.opt_g, self.opt_d, self.real, self.text,
+                self.noise, stage,
+            )  # fmt: skip
+            return
+        prepare_modules(
+            self.netG,
+            self.netD,
+            channels_last=means.channels_last,
+            compile=means.compile,
+            compile_mode=means.compile_mode,
+            fused_upsample=means.fused_upsample,
+            gemm_convs=means.gemm_convs,
+        )
+        self.opt_g, self.opt_d = make_optimizers(
+            self.netG, self.netD, lr_g=2e-4, lr_d=2e-4, device=device, fused=means.fused_adam
+        )
+        step = GANStep(
+            self.netG,
+            self.netD,
+            self.opt_g,
+            self.opt_d,
+            stage=stage,
+            kl_coeff=2.0,
+            z_dim=cfg.z_dim,
+            device=device,
+            amp=means.amp,
+            freeze_d_for_g_step=means.freeze_d,
+        )
+        if means.sampler:
+            rng = np.random.default_rng(0)
+            count = 4 * batch
+            sampler = DeviceBatchSampler(
+                rng.integers(0, 256, (count, load, load, 3), dtype=np.uint8),
+                rng.standard_normal((count, 10, cfg.text_dim)).astype(np.float32),
+                image_size=size,
+                batch_size=batch,
+                device=device,
+                seed=0,
+                channels_last=means.channels_last,
+            )
+            self.iteration = lambda: step(*sampler.next_batch())
+        else:
+            real = torch.rand(batch, 3, size, size, device=device) * 2 - 1
+            if means.channels_last:
+                real = real.contiguous(memory_format=torch.channels_last)
+            text = torch.randn(batch, cfg.text_dim, device=device)
+            self.iteration = lambda: step(real, text)
+
+
+def count_flops(stage: int, batch: int, cfg: ModelConfig, device: torch.device) -> float:
+    """Model FLOPs of one iteration: the official maths without the D weight gradients of the
+    G step (not needed) and with G's upsampling convolutions unfused (the fused ones compute
+    the same with fewer operations; MFU counts the model's FLOPs), counted from the layer
+    shapes by torch's FlopCounterMode. On the CPU it runs a batch of 2
+    and scales: every counted operator (convolutions, matrix products) is linear in the batch.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counted = batch if device.type == "cuda" else 2
+    netG = build_generator(stage, cfg).to(device).train()
+    netD = build_discriminator(stage, cfg).to(device).train()
+    opt_g, opt_d = make_optimizers(netG, netD, lr_g=2e-4, lr_d=2e-4, device=device)
+    step = GANStep(netG, netD, opt_g, opt_d, stage=stage, kl_coeff=2.0, z_dim=cfg.z_dim,
+                   device=device)  # fmt: skip
+    size = IMAGE_SIZE[stage]
+    real = torch.rand(counted, 3, size, size, device=device) * 2 - 1
+    text = torch.randn(counted, cfg.text_dim, device=device)
+    with FlopCounterMode(display=False) as counter:
+        step(real, text)
+    return float(counter.get_total_flops()) * batch / counted
+
+
+def peak_flops(device: torch.device, amp: bool, override_tflops: float | None) -> float | None:
+    if override_tflops:
+        return override_tflops * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for fragment, (bf16, tf32) in PEAK_FLOPS.items():
+        if fragment in name:
+            return bf16 if amp else tf32
+    return None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def measure(args, means: Means, name: str) -> dict:
+    """Time ``args.steps`` iterations after ``args.warmup`` and describe the result."""
+    device = torch.device(args.device)
+    cfg = ModelConfig.preset("birds")
+    bench = Bench(args.stage, args.batch_size, device, means, cfg)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(args.warmup):
+        bench.iteration()
+    if cuda:
+        torch.cuda.synchronize(device)
+    warmup_s = time.perf_counter() - start
+
+    times, cpu_times = [], []
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
+    if cuda:
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(args.steps + 1)]
+        events[0].record()
+        for k in range(args.steps):
+            bench.iteration()
+            events[k + 1].record()
+        torch.cuda.synchronize(device)
+        times = [events[k].elapsed_time(events[k + 1]) / 1000 for k in range(args.steps)]
+    else:
+        for _ in range(args.steps):
+            t0, c0 = time.perf_counter(), time.process_time()
+            bench.iteration()
+            times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
+    cpu, wall = time.process_time() - cpu_start, time.perf_counter() - wall_start
+
+    median = statistics.median(times)
+    if cuda:
+        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    else:  # ru_maxrss is in kilobytes on Linux: the process's resident peak
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    flops = count_flops(args.stage, args.batch_size, cfg, device)
+    achieved = flops / median if flops else None
+    peak = peak_flops(device, means.amp, args.peak_tflops)
+    result = {
+        "benchmark": "train_throughput",
+        "config": name,
+        "stage": args.stage,
+        "batch_size": args.batch_size,
+        "device": device.type,
+        "device_name": device_name(device),
+        "images_per_s": round(args.batch_size / median, 3),
+        "seconds_per_iter": round(median, 5),
+        "seconds_per_iter_min": round(min(times), 5),
+        "seconds_per_iter_max": round(max(times), 5),
+        "warmup_seconds": round(warmup_s, 3),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "peak_memory_mb": round(peak_mb, 1),
+        "flops_per_iter": flops,
+        "achieved_tflops": round(achieved / 1e12, 4) if achieved else None,
+        "mfu": round(achieved / peak, 4) if achieved and peak else None,
+        "process_cpu_over_wall": round(cpu / wall, 3),
+        # CPU only: process CPU seconds per iteration (median), a contention-robust proxy
+        # when OMP_WAIT_POLICY=PASSIVE keeps waiting threads from spinning
+        "cpu_seconds_per_iter": round(statistics.median(cpu_times), 5) if cpu_times else None,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "means": asdict(means),
+    }
+    if not cuda and args.batch_size == DEFAULT_BATCH[args.stage]:
+        official = OFFICIAL_CPU_IMAGES_PER_S[args.stage]
+        result["official_cpu_images_per_s_spec9"] = official
+        result["speedup_vs_spec9"] = round(result["images_per_s"] / official, 3)
+    return result
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--stage", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--batch-size", type=int, default=None, help="default 16 / 4")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--official", action="store_true", help="the official iteration")
+    parser.add_argument("--ablate", action="store_true", help="every means one by one")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="for the MFU figure")
+    flags = (
+        "compile",
+        "channels-last",
+        "amp",
+        "fused-adam",
+        "freeze-d",
+        "fused-upsample",
+        "gemm-convs",
+        "sampler",
+    )
+    for flag in flags:
+        parser.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--compile-mode", default=None)
+    parser.add_argument("--means-json", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--name", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.batch_size = args.batch_size or DEFAULT_BATCH[args.stage]
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be >= 1 and --warmup >= 0")
+    return args
+
+
+def chosen_means(args) -> tuple[str, Means]:
+    if args.means_json:
+        return args.name, Means(**json.loads(args.means_json))
+    if args.official:
+        return "official", Means(official=True, cudnn_benchmark=args.device == "cuda")
+    means = training_default(args.device)
+    overrides = {
+        "compile": args.compile,
+        "channels_last": args.channels_last,
+        "amp": args.amp,
+        "fused_adam": args.fused_adam,
+        "freeze_d": args.freeze_d,
+        "fused_upsample": args.fused_upsample,
+        "gemm_convs": args.gemm_convs,
+        "sampler": args.sampler,
+    }
+    means = replace(means, **{k: v for k, v in overrides.items() if v is not None})
+    if args.compile_mode:
+        means = replace(means, compile=True, compile_mode=args.compile_mode)
+    return "custom" if any(v is not None for v in overrides.values()) else "training_default", means
+
+
+def ablate(args, argv) -> None:
+    """Each configuration in its own process, one JSON line each."""
+    keep = [item for item in argv if item != "--ablate"]
+    for name, means in ablation_plan(args.device):
+        command = [sys.executable, __file__, *keep, "--device", args.device,
+                   "--means-json", json.dumps(asdict(means)), "--name", name]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(json.dumps({"config": name, "error": done.stderr.strip()[-2000:]}), flush=True)
+        else:
+            print(done.stdout.strip().splitlines()[-1], flush=True)
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.ablate:
+        ablate(args, argv)
+        return
+    name, means = chosen_means(args)
+    print(json.dumps(measure(args, means, name)), flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

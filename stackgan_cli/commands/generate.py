@@ -1,0 +1,174 @@
+"""``stackgan generate``: prompts in, images and a captioned grid out."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+class Device(str, Enum):
+    """Where to run the generator."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+MAX_SAMPLES = 256  # keep in step with stackgan_cli.generate.MAX_SAMPLES (not imported: torch)
+MAX_STEPS = 64
+
+
+def generate(
+    texts: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="TEXT",
+            help="Prompts, one grid row each. With --embedding-file: optional captions, one per "
+            "row of the file.",
+            show_default=False,
+        ),
+    ] = None,
+    num_samples: Annotated[
+        int,
+        typer.Option(
+            "-n",
+            "--num-samples",
+            min=1,
+            max=MAX_SAMPLES,
+            help=f"Images per prompt (1 to {MAX_SAMPLES}).",
+        ),
+    ] = 8,
+    ckpt: Annotated[
+        Path | None,
+        typer.Option(
+            "--ckpt",
+            metavar="FILE",
+            help="Generator file (from `stackgan train`) or official netG_epoch_*.pth state "
+            "dict. Default: the newest runs/*/generator.pt in the cache.",
+            show_default=False,
+        ),
+    ] = None,
+    stage: Annotated[
+        int | None,
+        typer.Option(
+            "--stage",
+            min=1,
+            max=2,
+            help="Output stage: 1 gives a Stage-II file's 64x64 sketches. Default: the file's "
+            "own stage.",
+            show_default=False,
+        ),
+    ] = None,
+    show_stages: Annotated[
+        bool,
+        typer.Option(
+            "--show-stages",
+            help="Stage-II files: put each 64x64 sketch (enlarged) beside its 256x256 result.",
+        ),
+    ] = False,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed",
+            min=0,
+            help="Fixes the noise and the conditioning noise: same seed, same images. Default: "
+            "a random seed, printed.",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            metavar="DIR",
+            help="Output folder (created; same-named files are replaced). Default: a new "
+            "./samples/YYYYmmdd-HHMMSS/.",
+            show_default=False,
+        ),
+    ] = None,
+    embedding_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--embedding-file",
+            metavar="F.npy",
+            help="Precomputed text embeddings, shape (P, text_dim) or (text_dim,): each row is "
+            "a prompt (needed for official state dicts, which carry no text encoder).",
+            show_default=False,
+        ),
+    ] = None,
+    interpolate: Annotated[
+        tuple[str, str] | None,
+        typer.Option(
+            "--interpolate",
+            metavar="A B",
+            help="Also write interpolation.png: per sample, a strip moving from prompt A to "
+            "prompt B with fixed noise. With --embedding-file, A and B may be row numbers.",
+            show_default=False,
+        ),
+    ] = None,
+    steps: Annotated[
+        int,
+        typer.Option(
+            "--steps", min=2, max=MAX_STEPS, help="Frames per interpolation strip (2 to 64)."
+        ),
+    ] = 8,
+    device: Annotated[
+        Device, typer.Option("--device", help="Where to run: auto picks CUDA when available.")
+    ] = Device.auto,
+) -> None:
+    """Generate images from text with a trained generator.
+
+    Writes DIR/grid.png (one row per prompt, its caption beneath) and every image as
+    DIR/PP_KK.png (prompt index PP, sample index KK, zero-padded). Sample k uses the same
+    noise for every prompt, so a grid column differs only in its text.
+
+    Examples:
+
+      stackgan generate "a red circle" "a blue square" -n 8
+
+      stackgan generate "a small yellow bird with black wings" --ckpt s2.pt --show-stages
+
+      stackgan generate --interpolate "a red circle" "a blue circle" --steps 8 --seed 1
+
+      stackgan generate --ckpt netG_epoch_600.pth --embedding-file emb.npy "caption of row 0"
+    """
+    from stackgan_cli import generate as generation
+    from stackgan_cli.console import out as console
+
+    if stage == 1 and show_stages:
+        raise typer.BadParameter("--show-stages shows both stages; drop --stage 1")
+    if not texts and embedding_file is None and interpolate is None:
+        raise typer.BadParameter(
+            "give at least one prompt (or --embedding-file, or --interpolate A B)",
+            param_hint="TEXT",
+        )
+    out_dir = out if out is not None else generation.default_out_dir()
+    result = generation.generate(
+        ckpt,
+        list(texts or []),
+        n=num_samples,
+        out_dir=out_dir,
+        stage=stage,
+        show_stages=show_stages,
+        seed=seed,
+        embedding_file=embedding_file,
+        interpolate_between=interpolate,
+        steps=steps,
+        device=device.value,
+    )
+    if result.grid is not None:
+        count = sum(len(row) for row in result.images) + sum(len(row) for row in result.sketches)
+        console.print(
+            f"wrote {count} images to {result.out_dir}/",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
+        console.print(f"grid: {result.grid}", highlight=False, soft_wrap=True, markup=False)
+    if result.interpolation is not None:
+        console.print(
+            f"interpolation: {result.interpolation}", highlight=False, soft_wrap=True, markup=False
+        )

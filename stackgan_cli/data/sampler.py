@@ -1,0 +1,187 @@
+"""The training batch sampler: the whole prepared split lives on the training device.
+
+Images stay uint8 (N, L, L, 3) on the device (L = 76 for Stage I, 304 for Stage II) next to the
+float32 caption embeddings (N, 10, D). Once per epoch a CPU ``torch.Generator`` draws the whole
+epoch plan at once, as the official loader would over the epoch (spec 2.2-2.5): a permutation
+(the incomplete last batch dropped), a random-crop offset pair in 0..L-S, a horizontal-flip flag
+(p = 0.5) and one caption index in 0..9 per sample. A batch is then one advanced-indexing gather
+on the device (the flip folded into the column indices), a cast and ``x / 127.5 - 1``: no
+Python loop over samples, no DataLoader worker, no host-device synchronisation.
+
+Because the plan depends only on the generator's state at the start of the epoch, the sampler's
+state is that generator state plus the position (epoch, step); resuming mid-epoch redraws the
+same plan and continues at the same batch. Under DDP every rank draws the same plan and takes
+its own shard of each global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+CAPTIONS_PER_IMAGE = 10
+
+
+class DeviceBatchSampler:
+    """Random-crop, flip and caption sampling of a device-resident split.
+
+    ``images``: uint8 (N, L, L, 3); ``embeddings``: float32 (N, 10, D); ``image_size``: the
+    crop size S (64 or 256). Each call of :meth:`next_batch` returns ``(images, embeddings)``:
+    float32 (batch_size, 3, S, S) in [-1, 1] (memory layout channels_last when asked for, else
+    contiguous NCHW) and float32 (batch_size, D).
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray | Tensor,
+        embeddings: np.ndarray | Tensor,
+        *,
+        image_size: int,
+        batch_size: int,
+        device: torch.device | str,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        channels_last: bool = False,
+    ) -> None:
+        if images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != images.shape[2]:
+            raise ValueError(f"images must be (N, L, L, 3), got {tuple(images.shape)}")
+        if embeddings.ndim != 3 or embeddings.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"embeddings must be (N, captions, D) with N = {images.shape[0]}, "
+                f"got {tuple(embeddings.shape)}"
+            )
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside a world of {world_size}")
+        self.device = torch.device(device)
+        self.num_images = int(images.shape[0])
+        self.load_size = int(images.shape[1])
+        self.image_size = int(image_size)
+        if self.image_size > self.load_size:
+            raise ValueError(f"cannot crop {image_size}x{image_size} from {self.load_size}")
+        self.num_captions = int(embeddings.shape[1])
+        self.batch_size = int(batch_size)
+        self.rank = rank
+        self.world_size = world_size
+        self.channels_last = channels_last
+        self.global_batch = self.batch_size * world_size
+        self.steps_per_epoch = self.num_images // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"the split has {self.num_images} images, fewer than one batch of "
+                f"{self.global_batch} ({self.batch_size} x {world_size} processes)"
+            )
+        self.images = _to_device(images, torch.uint8, self.device)
+        self.embeddings = _to_device(embeddings, torch.float32, self.device)
+        self._offsets = torch.arange(self.image_size, device=self.device)
+        self._generator = torch.Generator(device="cpu")
+        self._generator.manual_seed(seed)
+        self.epoch = 0
+        self.step = 0
+        self._epoch_start_state: Tensor | None = None
+        self._plan: dict[str, Tensor] | None = None
+
+    def _draw_plan(self) -> None:
+        """Draw the current epoch's plan from the generator and move it to the device."""
+        self._epoch_start_state = self._generator.get_state()
+        n, g = self.num_images, self._generator
+        used = self.steps_per_epoch * self.global_batch
+        order = torch.randperm(n, generator=g)[:used]
+        crops = torch.randint(0, self.load_size - self.image_size + 1, (used, 2), generator=g)
+        flips = torch.randint(0, 2, (used,), generator=g, dtype=torch.bool)
+        captions = torch.randint(0, self.num_captions, (used,), generator=g)
+        # (steps, world, batch): rank r takes column r of every global batch.
+        shape = (self.steps_per_epoch, self.world_size, self.batch_size)
+        plan = {
+            "index": order.view(shape),
+            "row": crops[:, 0].view(shape),
+            "col": crops[:, 1].view(shape),
+            "flip": flips.view(shape),
+            "caption": captions.view(shape),
+        }
+        pin = self.device.type == "cuda"
+        self._plan = {
+            key: (value[:, self.rank].pin_memory() if pin else value[:, self.rank]).to(
+                self.device, non_blocking=True
+            )
+            for key, value in plan.items()
+        }
+
+    def next_batch(self) -> tuple[Tensor, Tensor]:
+        """The next batch of the plan; advances (epoch, step), starting a new epoch as needed."""
+        if self._plan is None:
+            self._draw_plan()
+        assert self._plan is not None
+        s = self.step
+        index = self._plan["index"][s]
+        rows = self._plan["row"][s][:, None] + self._offsets  # (B, S)
+        cols = self._plan["col"][s][:, None] + self._offsets
+        # A horizontal flip reads column (S - 1 - x) of the crop instead of x.
+        cols = torch.where(self._plan["flip"][s][:, None], cols.flip(1), cols)
+        # (B, S, S, 3) uint8: one gather for crop and flip together.
+        pixels = self.images[index[:, None, None], rows[:, :, None], cols[:, None, :]]
+        # permute gives an NCHW view whose memory is channels_last.
+        images = pixels.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+        if not self.channels_last:
+            images = images.contiguous()
+        text = self.embeddings[index, self._plan["caption"][s]]
+        self.step += 1
+        if self.step == self.steps_per_epoch:
+            self.epoch += 1
+            self.step = 0
+            self._plan = None
+        return images, text
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generator state at the start of the current epoch and the position in it."""
+        state = self._epoch_start_state if self._plan is not None else None
+        if state is None:
+            state = self._generator.get_state()
+        return {
+            "generator_state": state.clone(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "global_batch": self.global_batch,
+            "num_images": self.num_images,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where :meth:`state_dict` was taken.
+
+        With a different global batch (another number of processes) the position is mapped
+        to the same number of samples into the same epoch plan, rounded down.
+        """
+        if int(state["num_images"]) != self.num_images:
+            raise ValueError(
+                f"the sampler state is for {state['num_images']} images, this split has "
+                f"{self.num_images}"
+            )
+        self._generator.set_state(state["generator_state"].clone())
+        self.epoch = int(state["epoch"])
+        step = int(state["step"])
+        if int(state["global_batch"]) != self.global_batch:
+            step = step * int(state["global_batch"]) // self.global_batch
+        self._plan = None
+        self._epoch_start_state = None
+        if step >= self.steps_per_epoch:
+            # The mapped position is past this epoch's last full batch: start the next epoch
+            # with the generator state that follows this epoch's plan.
+            self._draw_plan()
+            self._plan = None
+            self.epoch += 1
+            step = 0
+        elif step > 0:
+            self._draw_plan()
+        self.step = step
+
+
+def _to_device(array: np.ndarray | Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
+    if isinstance(array, Tensor):
+        return array.to(device=device, dtype=dtype).contiguous()
+    # One read of the (memory-mapped, read-only) array into a private host copy: the training
+    # copy itself on the CPU, the staging buffer for the device otherwise.
+    host = torch.from_numpy(np.array(array, order="C", copy=True))
+    return host.to(device=device, dtype=dtype)

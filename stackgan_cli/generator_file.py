@@ -1,0 +1,194 @@
+"""The generator file: one file that alone is enough to generate images from text.
+
+A plain dict written with ``atomic_torch_save`` and readable with ``torch.load(...,
+weights_only=True)``::
+
+    {"format": "stackgan-generator", "format_version": 1, "stage": 1 | 2,
+     "model_config": ModelConfig.to_dict(), "generator": state_dict (Stage II: with STAGE1_G.*),
+     "text_encoder": dict | None, "dataset": str | None, "epoch": int | None}
+
+:func:`load_generator_file` also accepts a plain official StackGAN-Pytorch ``netG`` state dict.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from stackgan_cli.errors import StackGANError
+from stackgan_cli.fsutil import atomic_torch_save
+from stackgan_cli.models.config import ModelConfig
+from stackgan_cli.models.official import generator_from_state_dict, read_torch_file
+from stackgan_cli.models.stage1 import Stage1Generator
+from stackgan_cli.models.stage2 import Stage2Generator
+
+FORMAT = "stackgan-generator"
+FORMAT_VERSION = 1
+_GENERATOR_CLASSES = {1: Stage1Generator, 2: Stage2Generator}
+_OFFICIAL_NAME = re.compile(r"netG_epoch_(\d+)\.pth$")
+
+
+@dataclass
+class GeneratorBundle:
+    """Everything loaded from a generator file; ``generator`` is in eval mode on the device."""
+
+    stage: int
+    cfg: ModelConfig
+    generator: nn.Module
+    text_encoder: Any | None  # stackgan_cli.text.TextEncoder
+    dataset: str | None
+    epoch: int | None
+    source: str  # "stackgan" (our format) or "official" (plain StackGAN-Pytorch state dict)
+    path: Path
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The bare network inside DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        elif isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            module = module.module
+        else:
+            return module
+
+
+def save_generator_file(
+    path: str | Path,
+    generator: nn.Module,
+    cfg: ModelConfig,
+    *,
+    stage: int,
+    text_encoder: Mapping[str, Any] | Any | None = None,
+    dataset: str | None,
+    epoch: int | None,
+) -> None:
+    """Write ``generator`` (weights moved to the CPU), its config and the text encoder
+    atomically to ``path``. ``text_encoder`` is the encoder's ``to_dict()`` (an encoder object
+    is converted with its ``to_dict``), or None."""
+    generator = _unwrap(generator)
+    expected = _GENERATOR_CLASSES.get(stage)
+    if expected is None:
+        raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+    if not isinstance(generator, expected):
+        raise ValueError(
+            f"stage {stage} needs a {expected.__name__}, got {type(generator).__name__}"
+        )
+    if generator.cfg != cfg:
+        raise ValueError(f"the generator was built with {generator.cfg}, not {cfg}")
+    if text_encoder is not None and not isinstance(text_encoder, Mapping):
+        text_encoder = text_encoder.to_dict()
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "stage": stage,
+        "model_config": cfg.to_dict(),
+        "generator": {key: value.detach().cpu() for key, value in generator.state_dict().items()},
+        "text_encoder": dict(text_encoder) if text_encoder is not None else None,
+        "dataset": dataset,
+        "epoch": epoch,
+    }
+    atomic_torch_save(payload, Path(path))
+
+
+def load_generator_file(path: str | Path, device: str | torch.device = "cpu") -> GeneratorBundle:
+    """Load a generator file (or a plain official ``netG_epoch_*.pth``) onto ``device``.
+
+    Raises StackGANError for a missing, truncated or non-PyTorch file, an unknown format
+    version, a discriminator, or any other dict that is not a StackGAN generator.
+    """
+    path = Path(path)
+    data = read_torch_file(path)
+    if isinstance(data, Mapping) and "format" in data:
+        bundle = _from_generator_file(data, path)
+    else:
+        bundle = _from_official(data, path)
+    bundle.generator.to(device).eval()
+    return bundle
+
+
+def _from_generator_file(data: Mapping[str, Any], path: Path) -> GeneratorBundle:
+    if data["format"] != FORMAT:
+        raise StackGANError(f"{path} is a {data['format']!r} file, not a StackGAN generator file")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise StackGANError(
+            f"{path} has generator file format version {version!r}; this stackgan reads "
+            f"version {FORMAT_VERSION} (a newer stackgan may read it)"
+        )
+    stage = data.get("stage")
+    if stage not in _GENERATOR_CLASSES:
+        raise StackGANError(f"{path} names stage {stage!r}; a generator file must be stage 1 or 2")
+    try:
+        cfg = ModelConfig.from_dict(data.get("model_config"))
+    except StackGANError as exc:
+        raise StackGANError(f"{path}: {exc}") from None
+    state = data.get("generator")
+    if not isinstance(state, Mapping):
+        raise StackGANError(f"{path} holds no generator weights")
+    generator = _GENERATOR_CLASSES[stage](cfg)
+    try:
+        generator.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, AttributeError):
+        raise StackGANError(
+            f"{path}: the generator weights do not match its Stage-{stage} model configuration"
+        ) from None
+    dataset = data.get("dataset")
+    epoch = data.get("epoch")
+    if dataset is not None and not isinstance(dataset, str):
+        raise StackGANError(f"{path}: dataset must be a string, got {type(dataset).__name__}")
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
+        raise StackGANError(f"{path}: epoch must be an integer, got {type(epoch).__name__}")
+    return GeneratorBundle(
+        stage=stage,
+        cfg=cfg,
+        generator=generator,
+        text_encoder=_text_encoder(data.get("text_encoder"), path),
+        dataset=dataset,
+        epoch=epoch,
+        source="stackgan",
+        path=path,
+    )
+
+
+def _text_encoder(data: Any, path: Path) -> Any | None:
+    if data is None:
+        return None
+    if not isinstance(data, Mapping):
+        raise StackGANError(f"{path}: the text encoder entry is not a dict")
+    from stackgan_cli.text import TextEncoder  # the text package is heavy; only when needed
+
+    try:
+        return TextEncoder.from_dict(dict(data))
+    except StackGANError as exc:
+        raise StackGANError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise StackGANError(f"{path}: its text encoder could not be loaded ({exc})") from None
+
+
+def _from_official(data: Any, path: Path) -> GeneratorBundle:
+    is_state_dict = isinstance(data, Mapping) and all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in data.items()
+    )
+    if not is_state_dict or not data:
+        raise StackGANError(
+            f"{path} is neither a StackGAN generator file nor a generator state dict"
+        )
+    stage, cfg, generator = generator_from_state_dict(data, name=str(path))
+    match = _OFFICIAL_NAME.search(path.name)
+    return GeneratorBundle(
+        stage=stage,
+        cfg=cfg,
+        generator=generator,
+        text_encoder=None,
+        dataset=None,
+        epoch=int(match.group(1)) if match else None,
+        source="official",
+        path=path,
+    )

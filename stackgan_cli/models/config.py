@@ -1,0 +1,86 @@
+"""The network dimensions: one frozen dataclass shared by models, training, files and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from stackgan_cli.errors import StackGANError
+
+# Output resolution of each stage's generator (Stage I 64x64, Stage II 256x256).
+IMAGE_SIZE = {1: 64, 2: 256}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """StackGAN widths; the defaults are the official birds values (spec 1.1)."""
+
+    gf_dim: int = 128  # generator base width; Stage-I G starts at gf_dim*8 channels at 4x4
+    df_dim: int = 64  # discriminator base width; both Ds end at df_dim*8 channels at 4x4
+    z_dim: int = 100  # noise dimension
+    condition_dim: int = 128  # conditioning-augmentation output (c, mu, logvar)
+    r_num: int = 4  # residual blocks in Stage-II G (unused by Stage I)
+    text_dim: int = 1024  # text embedding dimension
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"ModelConfig.{field.name} must be a positive integer, got {value!r}"
+                )
+        if self.gf_dim < 4:
+            # Stage-II G's last upsampling block has gf_dim // 4 channels.
+            raise ValueError(f"ModelConfig.gf_dim must be at least 4, got {self.gf_dim}")
+
+    @classmethod
+    def preset(cls, name: str) -> ModelConfig:
+        """The official configuration called ``name`` ("birds" or "coco")."""
+        try:
+            return PRESETS[name]
+        except KeyError:
+            known = ", ".join(sorted(PRESETS))
+            raise ValueError(f"unknown model preset {name!r} (known: {known})") from None
+
+    def to_dict(self) -> dict[str, int]:
+        """Plain dict of the six widths (JSON- and ``weights_only``-safe)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; every field must be present, unknown keys are rejected.
+
+        Raises StackGANError, since the dict normally comes from a file.
+        """
+        if not isinstance(data, Mapping):
+            raise StackGANError(f"model configuration must be a mapping, got {type(data).__name__}")
+        names = [field.name for field in dataclasses.fields(cls)]
+        missing = [name for name in names if name not in data]
+        unknown = [str(key) for key in data if key not in names]
+        if missing or unknown:
+            problems = []
+            if missing:
+                problems.append("missing " + ", ".join(missing))
+            if unknown:
+                problems.append("unknown " + ", ".join(unknown))
+            raise StackGANError(f"invalid model configuration: {'; '.join(problems)}")
+        try:
+            return cls(**{name: data[name] for name in names})
+        except ValueError as exc:
+            raise StackGANError(f"invalid model configuration: {exc}") from None
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "birds": ModelConfig(),
+    "coco": ModelConfig(gf_dim=192, df_dim=96, r_num=2),
+}
+
+
+def image_size(stage: int) -> int:
+    """Side length of the images a stage's generator makes and its discriminator takes."""
+    try:
+        return IMAGE_SIZE[stage]
+    except KeyError:
+        raise ValueError(f"stage must be 1 or 2, got {stage!r}") from None

@@ -1,0 +1,141 @@
+"""Training settings: the one place that holds their defaults (the official birds recipe).
+
+``TrainConfig`` carries everything about *how* to train; the network widths are a
+``ModelConfig`` (stackgan_cli.models.config), resolved here from a preset, the command-line
+overrides and, for Stage II, the Stage-I generator being refined. This module imports neither
+torch nor the models so that ``stackgan train --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LOAD_SIZE = {1: 76, 2: 304}  # stored image side per stage; random crops to 64 / 256 (spec 2.2)
+SAMPLE_CAPTIONS = 8  # rows of a sample grid (fixed test captions)
+SAMPLE_NOISES = 8  # columns of a sample grid (fixed noise vectors)
+
+
+@dataclass
+class TrainConfig:
+    """How to train; defaults are the official PyTorch birds configuration (spec 1.4)."""
+
+    stage: int = 1
+    dataset: str = "cub"  # a prepared dataset name, or the path of a prepared folder
+    run_dir: str = ""  # filled in when the run starts (runs/<stageN-dataset-time>)
+    stage1_ckpt: str | None = None  # Stage II: the Stage-I generator file (or official netG)
+    out: str | None = None  # copy the final generator file here
+    epochs: int = 600
+    batch_size: int = 64  # per process; under torchrun the global batch is this x processes
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    # Both learning rates halve at the start of every epoch e > 0 with e % lr_decay_every == 0.
+    # 600 is the official PyTorch default: no decay within 600 epochs (TF used 50 / 100).
+    lr_decay_every: int = 600
+    kl_coeff: float = 2.0
+    snapshot_every: int = 50  # epochs between checkpoints/epoch_NNNN.pt (official interval)
+    sample_every: int = 10  # epochs between samples/epoch_NNNN.png (and after the last epoch)
+    log_every: int = 20  # steps between loss synchronisations (metrics.jsonl, display)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # bf16 autocast on CUDA; ignored on the CPU (always float32 there)
+    compile: bool = False  # torch.compile G, D and the D heads
+    # channels_last activations and weights; None = on for CUDA (tensor cores), off on the CPU
+    # where NCHW measured as fast or faster with oneDNN (benchmarks/RESULTS.md)
+    channels_last: bool | None = None
+    # Execution-only rewrites with the same function, parameters and state dicts
+    # (training/fast_layers.py): G's nearest-upsampling + 3x3 conv pairs computed at the input
+    # resolution (16 instead of 36 multiply-adds per output); on the CPU, the Stage-II D's
+    # widest convolutions as matrix products.
+    fast_layers: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON- and ``weights_only``-safe)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys (from a newer version) are ignored and
+        missing ones take today's defaults."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+    def image_size(self) -> int:
+        """Side of the training images (64 or 256)."""
+        return 64 if self.stage == 1 else 256
+
+    def load_size(self) -> int:
+        """Side of the stored images the random crops come from (76 or 304)."""
+        return LOAD_SIZE[self.stage]
+
+
+def lr_at(base_lr: float, epoch: int, decay_every: int) -> float:
+    """Learning rate during ``epoch`` (0-based): halved once per ``decay_every`` epochs, the
+    same values as the official in-place halving at epochs e > 0 with e % decay_every == 0."""
+    return base_lr * 0.5 ** (epoch // decay_every)
+
+
+def default_run_name(stage: int, dataset: str, now: _dt.datetime | None = None) -> str:
+    """``stage<N>-<dataset>-<YYYYmmdd-HHMMSS>``."""
+    now = now or _dt.datetime.now()
+    return f"stage{stage}-{Path(dataset).name}-{now:%Y%m%d-%H%M%S}"
+
+
+# The widths the nested Stage-I generator shares with the Stage-II network it feeds.
+SHARED_WITH_STAGE1 = ("gf_dim", "z_dim", "condition_dim", "text_dim")
+_OPTION_NAMES = {
+    "gf_dim": "--gf-dim",
+    "df_dim": "--df-dim",
+    "z_dim": "--z-dim",
+    "condition_dim": "--condition-dim",
+    "r_num": "--r-num",
+}
+
+
+def resolve_model_dims(
+    *,
+    preset: str | None,
+    overrides: Mapping[str, int | None],
+    text_dim: int,
+    stage1: Mapping[str, int] | None = None,
+    stage1_name: str = "the Stage-I generator",
+) -> dict[str, int]:
+    """The ModelConfig fields for a new run, as a dict.
+
+    Precedence: explicit width options, then the explicit ``--preset``, then (Stage II) the
+    Stage-I generator's own widths, then the birds preset. ``text_dim`` comes from the
+    dataset's embeddings. For Stage II, the widths the nested Stage-I generator uses
+    (gf_dim, z_dim, condition_dim, text_dim) must equal the Stage-I file's; a mismatch raises
+    StackGANError naming the option and both values.
+    """
+    from stackgan_cli.errors import StackGANError
+    from stackgan_cli.models.config import PRESETS
+
+    preset_dims = PRESETS[preset or "birds"].to_dict()
+    dims = dict(stage1) if stage1 is not None and preset is None else dict(preset_dims)
+    for name, value in overrides.items():
+        if value is not None:
+            dims[name] = int(value)
+    dims["text_dim"] = int(text_dim)
+    if stage1 is not None:
+        for name in SHARED_WITH_STAGE1:
+            if dims[name] == stage1[name]:
+                continue
+            if name == "text_dim":
+                raise StackGANError(
+                    f"{stage1_name} takes {stage1[name]}-d text embeddings but the dataset "
+                    f"has {text_dim}-d ones"
+                )
+            source = (
+                f"{_OPTION_NAMES[name]} {dims[name]}"
+                if overrides.get(name) is not None
+                else f"--preset {preset} ({name} {dims[name]})"
+            )
+            raise StackGANError(
+                f"{source} does not match {stage1_name}, which has {name} {stage1[name]}"
+            )
+    return dims

@@ -1,0 +1,105 @@
+"""Pictures from generator outputs: pixel mapping, captioned grids, strips, atomic PNGs."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stackgan_cli.imaging import (
+    captioned_grid,
+    font_for,
+    save_png,
+    strip,
+    to_uint8,
+    wrap_text,
+)
+
+
+def _solid(n: int, size: int, value: float) -> torch.Tensor:
+    return torch.full((n, 3, size, size), value)
+
+
+def test_to_uint8_maps_range_clamps_and_rounds():
+    images = (
+        torch.tensor([-1.0, -0.5, 0.0, 0.999, 1.0, 3.0, -7.0]).view(1, 1, 1, 7).repeat(2, 3, 1, 1)
+    )
+    pixels = to_uint8(images)
+    assert pixels.dtype == np.uint8
+    assert pixels.shape == (2, 1, 7, 3)
+    assert pixels[0, 0, :, 0].tolist() == [0, 64, 128, 255, 255, 255, 0]
+    assert to_uint8(images[0]).shape == (1, 7, 3)
+    with pytest.raises(ValueError):
+        to_uint8(torch.zeros(2, 1, 4, 4))
+
+
+def test_grid_places_rows_and_captions():
+    pad = 2
+    rows = [_solid(4, 64, 1.0), _solid(4, 64, -1.0)]  # white row, black row
+    grid = captioned_grid(rows, ["a white square", "a black square"], pad=pad)
+    assert grid.width == 4 * 64 + 5 * pad
+    pixels = np.asarray(grid)
+    # First image of the first row is white, of the second row black (below the caption band).
+    assert (pixels[pad : pad + 64, pad : pad + 64] == 255).all()
+    black_rows = np.where((pixels[:, pad + 10] == 0).all(axis=1))[0]
+    assert black_rows.size == 64
+    # A caption band of dark text lies between the two image rows.
+    band = pixels[pad + 64 : black_rows[0]]
+    assert band.shape[0] >= 10
+    assert (band < 128).any()
+
+
+def test_grid_accepts_rows_of_different_sizes_and_counts():
+    grid = captioned_grid([_solid(2, 256, 0.0), _solid(5, 64, 0.0)], ["big", "small"], pad=1)
+    assert grid.width == max(2 * 256 + 3, 5 * 64 + 6)
+    assert grid.height > 256 + 64
+
+
+def test_grid_rejects_mismatched_captions():
+    with pytest.raises(ValueError):
+        captioned_grid([_solid(1, 8, 0.0)], [])
+    with pytest.raises(ValueError):
+        captioned_grid([torch.zeros(3, 8, 8)], ["x"])
+
+
+def test_wrap_text_fits_width_and_ellipsises():
+    font = font_for(64)
+    text = "this small bird has a bright yellow belly and dark wings with white wing bars " * 5
+    lines = wrap_text(text, font, 120, max_lines=3)
+    assert len(lines) == 3
+    assert all(font.getlength(line) <= 120 for line in lines)
+    assert lines[-1].endswith("...")
+    assert wrap_text("short", font, 120) == ["short"]
+    assert wrap_text("", font, 120) == []
+    broken = wrap_text("x" * 200, font, 50, max_lines=100)
+    assert all(font.getlength(line) <= 50 for line in broken)
+    assert "".join(broken) == "x" * 200
+
+
+def test_unicode_captions_render():
+    grid = captioned_grid([_solid(1, 64, 0.0)], ["café ünïcødé 中文 — bird"])
+    assert grid.width == 68
+
+
+def test_strip_layout_with_labels_and_caption():
+    frames = _solid(6, 64, 0.0)
+    single = strip(frames)
+    assert single.size == (6 * 64 + 7 * 2, 64 + 2 * 2)
+    stacked = strip(
+        torch.stack([frames, frames, frames]), [f"{t:.1f}" for t in range(6)], caption="a -> b"
+    )
+    assert stacked.width == single.width
+    assert stacked.height > 3 * 64 + 4 * 2
+    with pytest.raises(ValueError):
+        strip(frames, ["only one label"])
+
+
+def test_save_png_is_atomic_and_readable(tmp_path):
+    target = tmp_path / "sub" / "grid.png"
+    image = captioned_grid([_solid(2, 16, 0.5)], ["grey"])
+    assert save_png(image, target) == target
+    with Image.open(target) as loaded:
+        assert loaded.size == image.size
+        assert loaded.format == "PNG"
+    save_png(to_uint8(_solid(1, 16, 1.0))[0], tmp_path / "one.png")
+    assert np.asarray(Image.open(tmp_path / "one.png")).min() == 255
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["grid.png", "one.png", "sub"]
