@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stackgan_cli import paths
 from stackgan_cli.console import err
+from stackgan_cli.devices import pick_device
 from stackgan_cli.errors import StackGANError
-from stackgan_cli.generator_file import GeneratorBundle, load_generator_file
+from stackgan_cli.generator_file import GeneratorBundle, load_generator_file, newest_generator
 from stackgan_cli.imaging import captioned_grid, save_png, strip, to_uint8
 
 MAX_SAMPLES = 256
@@ -59,30 +59,6 @@ class GenerateResult:
     images: list[list[Path]] = field(default_factory=list)
     sketches: list[list[Path]] = field(default_factory=list)
     interpolation: Path | None = None
-
-
-def resolve_device(choice: str) -> torch.device:
-    """``auto`` -> CUDA when PyTorch sees a GPU, else the CPU; ``cuda`` without one is an
-    error."""
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise StackGANError("--device cuda: PyTorch sees no CUDA GPU here; use --device cpu")
-    if choice not in ("cpu", "cuda"):
-        raise StackGANError(f"--device must be auto, cpu or cuda, got {choice!r}")
-    return torch.device(choice)
-
-
-def newest_generator(runs_dir: Path | None = None) -> Path:
-    """The most recently modified ``<runs_dir>/*/generator.pt`` (default: the cache's runs)."""
-    runs_dir = paths.runs_dir() if runs_dir is None else Path(runs_dir)
-    candidates = [p for p in runs_dir.glob("*/generator.pt") if p.is_file()]
-    if not candidates:
-        raise StackGANError(
-            f"no --ckpt given and no trained generator in {runs_dir}: train one with "
-            "`stackgan train --stage 1 --dataset shapes` or pass --ckpt FILE"
-        )
-    return max(candidates, key=lambda p: (p.stat().st_mtime_ns, str(p)))
 
 
 def default_out_dir(base: Path | None = None, now: _dt.datetime | None = None) -> Path:
@@ -339,7 +315,7 @@ def generate(
         None if _is_row(end, embedding_file) else normalize_prompts([end])[0]
         for end in interpolate_between or ()
     ]
-    torch_device = resolve_device(device)
+    torch_device = pick_device(device)
     if ckpt is None:
         ckpt = newest_generator()
         _say(f"using the newest generator in the cache: {ckpt}")

@@ -21,10 +21,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from stackgan_cli import paths
 from stackgan_cli.errors import StackGANError
 from stackgan_cli.fsutil import atomic_torch_save
 from stackgan_cli.models.config import ModelConfig
-from stackgan_cli.models.official import generator_from_state_dict, read_torch_file
+from stackgan_cli.models.official import (
+    generator_from_state_dict,
+    module_from_state_dict,
+    read_torch_file,
+)
 from stackgan_cli.models.stage1 import Stage1Generator
 from stackgan_cli.models.stage2 import Stage2Generator
 
@@ -132,9 +137,8 @@ def _from_generator_file(data: Mapping[str, Any], path: Path) -> GeneratorBundle
     state = data.get("generator")
     if not isinstance(state, Mapping):
         raise StackGANError(f"{path} holds no generator weights")
-    generator = _GENERATOR_CLASSES[stage](cfg)
     try:
-        generator.load_state_dict(state, strict=True)
+        generator = module_from_state_dict(_GENERATOR_CLASSES[stage], cfg, state)
     except (RuntimeError, TypeError, AttributeError):
         raise StackGANError(
             f"{path}: the generator weights do not match its Stage-{stage} model configuration"
@@ -192,3 +196,15 @@ def _from_official(data: Any, path: Path) -> GeneratorBundle:
         source="official",
         path=path,
     )
+
+
+def newest_generator(runs_dir: Path | None = None) -> Path:
+    """The most recently modified ``<runs_dir>/*/generator.pt`` (default: the cache's runs)."""
+    runs_dir = paths.runs_dir() if runs_dir is None else Path(runs_dir)
+    candidates = [p for p in runs_dir.glob("*/generator.pt") if p.is_file()]
+    if not candidates:
+        raise StackGANError(
+            f"no --ckpt given and no trained generator in {runs_dir}: train one with "
+            "`stackgan train --stage 1 --dataset shapes` or pass --ckpt FILE"
+        )
+    return max(candidates, key=lambda p: (p.stat().st_mtime_ns, str(p)))

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from stackgan_cli import paths
 from stackgan_cli.cli import app
 from stackgan_cli.errors import StackGANError
-from stackgan_cli.generate import default_out_dir, image_name, newest_generator
-from stackgan_cli.generator_file import save_generator_file
+from stackgan_cli.generate import default_out_dir, image_name
+from stackgan_cli.generator_file import newest_generator, save_generator_file
 from stackgan_cli.models import ModelConfig, Stage1Generator, Stage2Generator
 from stackgan_cli.text import train_text_encoder
 

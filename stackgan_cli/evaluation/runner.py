@@ -21,6 +21,7 @@ from torch import Tensor
 from stackgan_cli import __version__, paths
 from stackgan_cli.console import task_progress, warn
 from stackgan_cli.data.prepared import PreparedDataset, load_prepared
+from stackgan_cli.devices import pick_device
 from stackgan_cli.errors import StackGANError
 from stackgan_cli.evaluation.inception import InceptionNet, load_inception
 from stackgan_cli.evaluation.metrics import (
@@ -47,7 +48,7 @@ from stackgan_cli.evaluation.sampling import (
     diversity_schedule,
     generate_images,
 )
-from stackgan_cli.generator_file import GeneratorBundle, load_generator_file
+from stackgan_cli.generator_file import GeneratorBundle, load_generator_file, newest_generator
 from stackgan_cli.models.config import image_size
 
 FORMAT = "stackgan-evaluation"
@@ -89,28 +90,6 @@ class EvalOptions:
     seed: int = 0
     diversity: bool = True
     device: str = "auto"
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise StackGANError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu")
-    return torch.device(name)
-
-
-def newest_generator() -> Path:
-    """The most recently written ``runs/*/generator.pt`` in the cache."""
-    candidates = sorted(
-        paths.runs_dir().glob("*/generator.pt"), key=lambda path: path.stat().st_mtime
-    )
-    if not candidates:
-        raise StackGANError(
-            f"no --ckpt given and no trained generator under {paths.runs_dir()}/*/generator.pt; "
-            "pass --ckpt FILE"
-        )
-    return candidates[-1]
 
 
 def default_out_path(result: dict) -> Path:
@@ -264,7 +243,7 @@ def _check_splits(splits: int, count: int, what: str) -> None:
 def evaluate_generator(options: EvalOptions) -> dict:
     """Score a generator file: IS of its samples, FID against the real test images, and the
     same-caption diversity next to the real reference."""
-    device = resolve_device(options.device)
+    device = pick_device(options.device)
     clock = _Clock(device)
     ckpt = Path(options.ckpt) if options.ckpt is not None else newest_generator()
     bundle = load_generator_file(ckpt, device=device)
@@ -395,7 +374,7 @@ def evaluate_real(options: EvalOptions) -> dict:
     """Score the real test images with the same protocol: their IS, the FID between two random
     halves of them (the floor a generator could reach at that sample size; real vs itself
     would be 0 by construction), and the real diversity reference."""
-    device = resolve_device(options.device)
+    device = pick_device(options.device)
     clock = _Clock(device)
     bundle = load_generator_file(options.ckpt) if options.ckpt is not None else None
     if options.dataset is None and (bundle is None or bundle.dataset is None):

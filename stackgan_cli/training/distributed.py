@@ -6,6 +6,7 @@ the training loop has no distributed branches of its own beyond "only rank 0 wri
 
 from __future__ import annotations
 
+import gc
 import inspect
 import os
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from stackgan_cli.errors import StackGANError
+from stackgan_cli.devices import pick_device
 
 
 @dataclass(frozen=True)
@@ -35,17 +36,6 @@ class DistContext:
     def is_main(self) -> bool:
         """Rank 0 writes files and draws progress."""
         return self.rank == 0
-
-
-def pick_device(choice: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA when available, else the CPU; ``cuda`` without a GPU is an error."""
-    if choice not in ("auto", "cpu", "cuda"):
-        raise StackGANError(f"--device must be auto, cpu or cuda, got {choice!r}")
-    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise StackGANError("--device cuda was given but PyTorch sees no CUDA GPU")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
 def init_distributed(device_choice: str) -> DistContext:
@@ -92,8 +82,13 @@ def wrap_ddp(module: torch.nn.Module, ctx: DistContext) -> torch.nn.Module | Non
 
 
 def shutdown(ctx: DistContext) -> None:
-    """Leave the process group (at the end of training, on success or error)."""
+    """Leave the process group (at the end of training, on success or error).
+
+    Call it once nothing refers to the DDP-wrapped models any more: a reducer that outlives its
+    process group can abort the process when it is freed.
+    """
     if ctx.enabled and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -436,6 +436,9 @@ class Trainer:
             )
             if out is not None:
                 copy_file(self.generator_path, out)
+        # Ranks leave together: one that tears down its process group while rank 0 still
+        # writes the final files has been seen to abort in gloo.
+        dist_utils.barrier(self.ctx)
         return TrainResult(
             run_dir=self.run_dir,
             generator_path=self.generator_path,

@@ -98,6 +98,7 @@ def start_training(
     (gf_dim, df_dim, z_dim, condition_dim, r_num; None = not given) fix the ModelConfig.
     """
     ctx = dist_utils.init_distributed(cfg.device)
+    trainer = None
     try:
         dataset = load_prepared(cfg.dataset)
         cfg = replace(cfg, dataset=dataset_source(cfg.dataset))
@@ -136,6 +137,7 @@ def start_training(
             (run_dir / "metrics.jsonl").touch()
         return trainer.fit()
     finally:
+        trainer = None  # its DDP wrappers must be gone before their process group
         dist_utils.shutdown(ctx)
 
 
@@ -169,6 +171,7 @@ def resume_training(
     cfg = replace(cfg, run_dir=str(run_dir), device=device or cfg.device)
 
     ctx = dist_utils.init_distributed(cfg.device)
+    trainer = None
     try:
         dataset = load_prepared(cfg.dataset)
         saved = state["dataset"]
@@ -187,6 +190,7 @@ def resume_training(
             return _already_done(trainer)
         return trainer.fit()
     finally:
+        trainer = None  # its DDP wrappers must be gone before their process group
         dist_utils.shutdown(ctx)
 
 
@@ -200,6 +204,7 @@ def _already_done(trainer: Trainer) -> TrainResult:
             copy_file(trainer.generator_path, out)
         if not (trainer.run_dir / "losses.png").exists():
             plot_losses(trainer.metrics_path, trainer.run_dir / "losses.png")
+    dist_utils.barrier(trainer.ctx)
     return TrainResult(
         run_dir=trainer.run_dir,
         generator_path=trainer.generator_path,
