@@ -235,6 +235,18 @@ def _protocol(options: EvalOptions, net: InceptionNet, resolution: int, **extra:
     }
 
 
+def _inception_score_record(logits: Tensor, options: EvalOptions, protocol: str) -> dict:
+    """The ``inception_score`` entry of the result: mean and std over the splits."""
+    mean, std = inception_score(logits, options.splits, options.seed)
+    return {
+        "value": mean,
+        "std": std,
+        "samples": int(logits.shape[0]),
+        "splits": options.splits,
+        "protocol": protocol,
+    }
+
+
 def _check_splits(splits: int, count: int, what: str) -> None:
     if splits > count:
         raise StackGANError(f"--splits {splits} needs at least {splits} {what}, there are {count}")
@@ -301,14 +313,9 @@ def evaluate_generator(options: EvalOptions) -> dict:
 
     metrics: dict[str, dict] = {}
     if options.inception:
-        mean, std = inception_score(logits, options.splits, options.seed)
-        metrics["inception_score"] = {
-            "value": mean,
-            "std": std,
-            "samples": options.num_samples,
-            "splits": options.splits,
-            "protocol": f"ImageNet Inception-v3, {options.splits} splits, {resolution}px",
-        }
+        metrics["inception_score"] = _inception_score_record(
+            logits, options, f"ImageNet Inception-v3, {options.splits} splits, {resolution}px"
+        )
     if options.fid:
         metrics["fid"] = {
             "value": frechet_distance(real.stats, feature_statistics(pool), pool),
@@ -416,15 +423,11 @@ def evaluate_real(options: EvalOptions) -> dict:
 
     metrics: dict[str, dict] = {}
     if options.inception:
-        mean, std = inception_score(logits, options.splits, options.seed)
-        metrics["inception_score"] = {
-            "value": mean,
-            "std": std,
-            "samples": count,
-            "splits": options.splits,
-            "protocol": f"real test crops, ImageNet Inception-v3, {options.splits} splits, "
-            f"{resolution}px",
-        }
+        metrics["inception_score"] = _inception_score_record(
+            logits,
+            options,
+            f"real test crops, ImageNet Inception-v3, {options.splits} splits, {resolution}px",
+        )
     if options.fid:
         order = rng.permutation(count)
         half = count // 2

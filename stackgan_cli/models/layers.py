@@ -30,6 +30,22 @@ def up_block(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
+def downsampling_layers(df_dim: int, halvings: int) -> list[nn.Module]:
+    """The discriminators' image encoder as a flat layer list: ``halvings`` 4x4 stride-2
+    convolutions from 3 to ``df_dim * 2**(halvings-1)`` channels, each followed by BatchNorm
+    (except the first) and LeakyReLU(0.2) - the official positions ``encode_img.0``, ``.2``...
+    """
+    layers: list[nn.Module] = [down_conv(3, df_dim), nn.LeakyReLU(0.2, inplace=True)]
+    for level in range(1, halvings):
+        channels = df_dim * 2**level
+        layers += [
+            down_conv(channels // 2, channels),
+            nn.BatchNorm2d(channels),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
+    return layers
+
+
 class ResBlock(nn.Module):
     """Official ``ResBlock``: ``relu(block(x) + x)`` with block = conv, BN, ReLU, conv, BN."""
 

@@ -11,7 +11,7 @@ from stackgan_cli.models.layers import (
     ConditioningAugmentation,
     DiscriminatorHead,
     conv3x3,
-    down_conv,
+    downsampling_layers,
     up_block,
 )
 
@@ -61,19 +61,7 @@ class Stage1Discriminator(nn.Module):
         super().__init__()
         self.cfg = cfg
         ndf = cfg.df_dim
-        self.encode_img = nn.Sequential(
-            down_conv(3, ndf),
-            nn.LeakyReLU(0.2, inplace=True),
-            down_conv(ndf, ndf * 2),
-            nn.BatchNorm2d(ndf * 2),
-            nn.LeakyReLU(0.2, inplace=True),
-            down_conv(ndf * 2, ndf * 4),
-            nn.BatchNorm2d(ndf * 4),
-            nn.LeakyReLU(0.2, inplace=True),
-            down_conv(ndf * 4, ndf * 8),
-            nn.BatchNorm2d(ndf * 8),
-            nn.LeakyReLU(0.2, inplace=True),
-        )
+        self.encode_img = nn.Sequential(*downsampling_layers(ndf, 4))  # 64 -> 4
         self.get_cond_logits = DiscriminatorHead(ndf, cfg.condition_dim, conditional=True)
         self.get_uncond_logits = None
         init_weights(self)

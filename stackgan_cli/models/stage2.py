@@ -13,6 +13,7 @@ from stackgan_cli.models.layers import (
     ResBlock,
     conv3x3,
     down_conv,
+    downsampling_layers,
     up_block,
 )
 from stackgan_cli.models.stage1 import Stage1Generator
@@ -94,23 +95,7 @@ class Stage2Discriminator(nn.Module):
         self.cfg = cfg
         ndf = cfg.df_dim
         self.encode_img = nn.Sequential(
-            down_conv(3, ndf),
-            nn.LeakyReLU(0.2, inplace=True),
-            down_conv(ndf, ndf * 2),
-            nn.BatchNorm2d(ndf * 2),
-            nn.LeakyReLU(0.2, inplace=True),
-            down_conv(ndf * 2, ndf * 4),
-            nn.BatchNorm2d(ndf * 4),
-            nn.LeakyReLU(0.2, inplace=True),
-            down_conv(ndf * 4, ndf * 8),
-            nn.BatchNorm2d(ndf * 8),
-            nn.LeakyReLU(0.2, inplace=True),
-            down_conv(ndf * 8, ndf * 16),
-            nn.BatchNorm2d(ndf * 16),
-            nn.LeakyReLU(0.2, inplace=True),
-            down_conv(ndf * 16, ndf * 32),
-            nn.BatchNorm2d(ndf * 32),
-            nn.LeakyReLU(0.2, inplace=True),
+            *downsampling_layers(ndf, 6),  # 256 -> 4
             conv3x3(ndf * 32, ndf * 16),
             nn.BatchNorm2d(ndf * 16),
             nn.LeakyReLU(0.2, inplace=True),
