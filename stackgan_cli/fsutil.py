@@ -1,10 +1,11 @@
 """Writing files so that a crash or a kill never leaves a half-written one in place."""
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,15 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def file_hashes(path: Path, algorithms: Iterable[str]) -> dict[str, str]:
+    """``{algorithm: hex digest}`` of the file at ``path`` (``hashlib`` names such as ``md5``,
+    ``sha256``), read once in 1 MiB blocks whatever the number of algorithms."""
+    hashers = {algorithm: hashlib.new(algorithm) for algorithm in algorithms}
+    if hashers:
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                for hasher in hashers.values():
+                    hasher.update(block)
+    return {algorithm: hasher.hexdigest() for algorithm, hasher in hashers.items()}

@@ -5,7 +5,6 @@ A download streams into ``NAME.part``; an interrupted one resumes from there wit
 so a file under its final name is always whole.
 """
 
-import hashlib
 import os
 import re
 import time
@@ -20,9 +19,8 @@ from stackgan_cli import __version__
 from stackgan_cli.console import download_progress, info, warn
 from stackgan_cli.data.sources import Artifact, mirror_base, resolve_url
 from stackgan_cli.errors import StackGANError
-from stackgan_cli.fsutil import fsync_dir
+from stackgan_cli.fsutil import file_hashes, fsync_dir
 
-CHUNK_BYTES = 1 << 20  # for hashing
 # Read size for the network: a cut connection loses what urllib3 had buffered of the current
 # chunk, so keep it small enough that a resume starts close to where the cut happened.
 STREAM_CHUNK_BYTES = 1 << 16
@@ -56,7 +54,7 @@ def describe_mismatch(path: Path, artifact: Artifact) -> str | None:
         return f"is {size:,} bytes, expected {artifact.size:,}"
     expected = {"md5": artifact.md5, "sha256": artifact.sha256}
     expected = {algorithm: digest.lower() for algorithm, digest in expected.items() if digest}
-    actual = _digests(path, expected)
+    actual = file_hashes(path, expected)
     for algorithm, digest in expected.items():
         if actual[algorithm] != digest:
             return f"has {algorithm.upper()} {actual[algorithm]}, expected {digest}"
@@ -134,16 +132,6 @@ def _new_session() -> requests.Session:
     session = requests.Session()
     session.headers["User-Agent"] = f"stackgan-cli/{__version__}"
     return session
-
-
-def _digests(path: Path, algorithms) -> dict[str, str]:
-    hashers = {algorithm: hashlib.new(algorithm) for algorithm in algorithms}
-    if hashers:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(CHUNK_BYTES):
-                for hasher in hashers.values():
-                    hasher.update(chunk)
-    return {algorithm: hasher.hexdigest() for algorithm, hasher in hashers.items()}
 
 
 def _download_with_retries(

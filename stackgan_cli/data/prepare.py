@@ -11,7 +11,6 @@ leaves no prepared dataset behind.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import multiprocessing
 import os
@@ -39,7 +38,7 @@ from stackgan_cli.data.prepared import (
     write_metadata,
 )
 from stackgan_cli.errors import StackGANError
-from stackgan_cli.fsutil import atomic_dir, atomic_torch_save, atomic_write_text
+from stackgan_cli.fsutil import atomic_dir, atomic_torch_save, atomic_write_text, file_hashes
 
 CUB_PARTS = (("CUB_200_2011", "CUB_200_2011.tgz"), ("birds", "birds.zip"))
 """(unpacked folder, archive) of each upstream artifact."""
@@ -323,7 +322,7 @@ def _has_checksum(artifact) -> bool:
 def _archive_record(archive: Path, artifact, verified: bool) -> dict[str, Any]:
     """What metadata.json records of an input archive: size, MD5 (the published one when it
     verified, else computed here) and whether it matched the published checksums."""
-    md5 = artifact.md5 if verified and artifact.md5 else _md5(archive)
+    md5 = artifact.md5 if verified and artifact.md5 else file_hashes(archive, ["md5"])["md5"]
     return {
         "path": str(archive.resolve()),
         "bytes": archive.stat().st_size,
@@ -404,11 +403,3 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

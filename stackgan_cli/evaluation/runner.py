@@ -8,7 +8,6 @@ test images themselves as a reference. Both return the JSON-ready result dict th
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ from stackgan_cli.evaluation.sampling import (
     diversity_schedule,
     generate_images,
 )
+from stackgan_cli.fsutil import file_hashes
 from stackgan_cli.generator_file import GeneratorBundle, load_generator_file, newest_generator
 from stackgan_cli.models.config import image_size
 
@@ -100,14 +100,6 @@ def default_out_path(result: dict) -> Path:
         return paths.cache_root() / "evaluations" / f"real-{name}-{resolution}px.eval.json"
     ckpt = Path(result["checkpoint"]["path"])
     return ckpt.with_name(f"{ckpt.stem}.eval.json")
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _now() -> str:
@@ -198,7 +190,7 @@ def _load_dataset(requested: str | None, from_file: str | None) -> PreparedDatas
 def _checkpoint_record(bundle: GeneratorBundle) -> dict:
     return {
         "path": str(Path(bundle.path).resolve()),
-        "sha256": _file_sha256(bundle.path),
+        "sha256": file_hashes(bundle.path, ["sha256"])["sha256"],
         "stage": bundle.stage,
         "epoch": bundle.epoch,
         "source": bundle.source,
