@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-
-class Device(str, Enum):
-    """Where to run the generator and the Inception network."""
-
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+from stackgan_cli.commands.choices import Device
 
 
 def evaluate(

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-
-class Device(str, Enum):
-    """Where to run the generator."""
-
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
+from stackgan_cli.commands.choices import Device
 
 MAX_SAMPLES = 256  # keep in step with stackgan_cli.generate.MAX_SAMPLES (not imported: torch)
 MAX_STEPS = 64

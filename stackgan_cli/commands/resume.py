@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-
-class Device(str, Enum):
-    """Where to continue training (default: where the run was started)."""
-
-    cpu = "cpu"
-    cuda = "cuda"
-    auto = "auto"
+from stackgan_cli.commands.choices import Device
 
 
 def resume(

@@ -8,17 +8,10 @@ from typing import Annotated
 
 import typer
 
+from stackgan_cli.commands.choices import Device
 from stackgan_cli.training.config import TrainConfig
 
 _D = TrainConfig()  # the defaults live in TrainConfig alone
-
-
-class Device(str, Enum):
-    """Where to train."""
-
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 class Preset(str, Enum):
