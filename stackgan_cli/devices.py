@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from stackgan_cli.commands.choices import Device
 from stackgan_cli.errors import StackGANError
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DEVICE_CHOICES = tuple(choice.value for choice in Device)
 
 
 def pick_device(choice: str, local_rank: int = 0) -> torch.device:

@@ -1,7 +1,7 @@
 """The generator file: one file that alone is enough to generate images from text.
 
-A plain dict written with ``atomic_torch_save`` and readable with ``torch.load(...,
-weights_only=True)``::
+A plain dict written with ``atomic_torch_save``, read back with
+``torch.load(path, weights_only=True)``::
 
     {"format": "stackgan-generator", "format_version": 1, "stage": 1 | 2,
      "model_config": ModelConfig.to_dict(), "generator": state_dict (Stage II: with STAGE1_G.*),
