@@ -15,6 +15,7 @@ from stackgan_cli.data.prepared import FORMAT_VERSION, SplitWriter, fingerprint,
 from stackgan_cli.generator_file import save_generator_file
 from stackgan_cli.models import ModelConfig, Stage2Generator, build_discriminator, build_generator
 from stackgan_cli.training.config import lr_at, resolve_model_dims
+from stackgan_cli.training.loop import STALE_BATCHNORM_SHARE, initial_batchnorm_share
 from stackgan_cli.training.plot import draw_losses
 
 TEXT_DIM = 16
@@ -95,7 +96,10 @@ def test_stage1_then_stage2_on_shapes_write_every_file_and_train(shapes_dataset,
     # 60 training images in batches of 30: 2 steps per epoch.
     run1, s1 = tmp_path / "run1", tmp_path / "s1.pt"
     args = ["--snapshot-every", "1", "--sample-every", "1", "--log-every", "1", "--out", str(s1)]
-    run_cli(train_args(run1, *TINY, *args, batch=30, dataset="shapes"))
+    result = run_cli(train_args(run1, *TINY, *args, batch=30, dataset="shapes"))
+    # 4 steps leave BatchNorm's running statistics mostly at their initial values (0.9**4)
+    message = " ".join(result.output.split())
+    assert "only 4 training steps" in message and "66% their initial values" in message
 
     config = json.loads((run1 / "config.json").read_text())
     assert config["model"] == cfg.to_dict() and config["train"]["epochs"] == 2
@@ -302,3 +306,11 @@ def test_large_convolutions_as_matrix_products_are_the_same_function():
     keys = discriminator.state_dict().keys()
     assert gemm_large_convolutions(discriminator, min_weights=256 * 128 * 9) == 2  # the widest
     assert discriminator.state_dict().keys() == keys
+
+
+def test_initial_batchnorm_share_decays_with_the_steps():
+    generator = build_generator(1, TINY_CFG)
+    assert initial_batchnorm_share(generator, 0) == 1.0
+    assert initial_batchnorm_share(generator, 22) == pytest.approx(0.9**22)
+    assert initial_batchnorm_share(generator, 50) < STALE_BATCHNORM_SHARE
+    assert initial_batchnorm_share(torch.nn.Linear(2, 2), 1) == 0.0

@@ -436,6 +436,14 @@ class Trainer:
             )
             if out is not None:
                 copy_file(self.generator_path, out)
+            stale = initial_batchnorm_share(self.netG, self.global_step)
+            if stale > STALE_BATCHNORM_SHARE:
+                warn(
+                    f"only {self.global_step} training steps: the generator's BatchNorm running "
+                    f"statistics are still {stale:.0%} their initial values, so sample grids and "
+                    "`stackgan generate` (eval mode) may look flat and grey; train for at least "
+                    "50 steps"
+                )
         # Ranks leave together: one that tears down its process group while rank 0 still
         # writes the final files has been seen to abort in gloo.
         dist_utils.barrier(self.ctx)
@@ -446,6 +454,21 @@ class Trainer:
             global_step=self.global_step,
             out=out,
         )
+
+
+STALE_BATCHNORM_SHARE = 0.01
+
+
+def initial_batchnorm_share(module: torch.nn.Module, steps: int) -> float:
+    """The largest weight that the initial running statistics (mean 0, variance 1) of
+    ``module``'s BatchNorm layers still carry after ``steps`` training steps:
+    ``(1 - momentum) ** steps``. Eval-mode images are only meaningful once it is small."""
+    momenta = [
+        layer.momentum
+        for layer in module.modules()
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm) and layer.momentum
+    ]
+    return max(((1.0 - momentum) ** steps for momentum in momenta), default=0.0)
 
 
 def copy_file(source: Path, target: Path) -> None:
