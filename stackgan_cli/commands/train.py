@@ -132,8 +132,10 @@ def train(
     Example (the offline demo):
 
         stackgan prepare shapes
-        stackgan train --stage 1 --dataset shapes --epochs 2 --gf-dim 16 --df-dim 16 --out s1.pt
-        stackgan train --stage 2 --dataset shapes --epochs 2 --stage1-ckpt s1.pt --out s2.pt
+        stackgan train --stage 1 --dataset shapes --epochs 30 --batch-size 32 --gf-dim 16 \
+--df-dim 16 --out s1.pt
+        stackgan train --stage 2 --dataset shapes --epochs 3 --batch-size 16 --stage1-ckpt \
+s1.pt --out s2.pt
     """
     if stage == 1 and stage1_ckpt is not None:
         raise typer.BadParameter(
