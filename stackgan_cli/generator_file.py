@@ -26,8 +26,9 @@ from stackgan_cli.errors import StackGANError
 from stackgan_cli.fsutil import atomic_torch_save
 from stackgan_cli.models.config import ModelConfig
 from stackgan_cli.models.official import (
+    assign_state_dict,
+    empty_module,
     generator_from_state_dict,
-    module_from_state_dict,
     read_torch_file,
 )
 from stackgan_cli.models.stage1 import Stage1Generator
@@ -138,7 +139,7 @@ def _from_generator_file(data: Mapping[str, Any], path: Path) -> GeneratorBundle
     if not isinstance(state, Mapping):
         raise StackGANError(f"{path} holds no generator weights")
     try:
-        generator = module_from_state_dict(_GENERATOR_CLASSES[stage], cfg, state)
+        generator = assign_state_dict(empty_module(_GENERATOR_CLASSES[stage], cfg), state)
     except (RuntimeError, TypeError, AttributeError):
         raise StackGANError(
             f"{path}: the generator weights do not match its Stage-{stage} model configuration"

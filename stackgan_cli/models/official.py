@@ -76,27 +76,26 @@ def generator_from_state_dict(state: Any, *, name: str) -> tuple[int, ModelConfi
     if not any(key.startswith(("ca_net.", "STAGE1_G.")) for key in state):
         raise StackGANError(f"{name} is not a StackGAN generator state dict")
     stage, cfg = _infer_config(state, name)
-    model_class = Stage1Generator if stage == 1 else Stage2Generator
+    generator = empty_module(Stage1Generator if stage == 1 else Stage2Generator, cfg)
+    _check_layout(generator, state, stage, cfg, name)
+    for key in generator.state_dict():
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = torch.zeros((), dtype=torch.long)
+    return stage, cfg, assign_state_dict(generator, state).eval()
+
+
+def empty_module(model_class: type[nn.Module], cfg: ModelConfig) -> nn.Module:
+    """``model_class(cfg)`` built on the meta device: the layout without any storage, so that no
+    random initialisation is spent on weights about to be replaced (about 0.2 s for a Stage-II
+    generator). Fill it with :func:`assign_state_dict`."""
     with torch.device("meta"):
-        _check_layout(model_class(cfg), state, stage, cfg, name)
-    for key in list(state):
-        if key.endswith("running_var"):
-            tracked = key.removesuffix("running_var") + "num_batches_tracked"
-            state.setdefault(tracked, torch.zeros((), dtype=torch.long))
-    return stage, cfg, module_from_state_dict(model_class, cfg, state).eval()
+        return model_class(cfg)
 
 
-def module_from_state_dict(
-    model_class: type[nn.Module], cfg: ModelConfig, state: Mapping[str, Tensor]
-) -> nn.Module:
-    """Build ``model_class(cfg)`` holding exactly the tensors of ``state``, on the CPU.
-
-    The module is built on the meta device so that no random initialisation is spent on
-    weights about to be replaced (about 0.2 s for a Stage-II generator). Raises the
-    ``RuntimeError`` of ``load_state_dict`` when keys or shapes do not match.
-    """
-    with torch.device("meta"):
-        module = model_class(cfg)
+def assign_state_dict(module: nn.Module, state: Mapping[str, Tensor]) -> nn.Module:
+    """Make ``module`` (e.g. from :func:`empty_module`) hold exactly the tensors of ``state``,
+    cast to the module's dtypes. Raises the ``RuntimeError`` of ``load_state_dict`` when keys or
+    shapes do not match."""
     expected = module.state_dict()
     converted = {
         key: value.to(expected[key].dtype) if key in expected else value

@@ -441,8 +441,7 @@ class Trainer:
                 warn(
                     f"only {self.global_step} training steps: the generator's BatchNorm running "
                     f"statistics are still {stale:.0%} their initial values, so sample grids and "
-                    "`stackgan generate` (eval mode) may look flat and grey; train for at least "
-                    "50 steps"
+                    "`stackgan generate` (eval mode) may look flat and grey; train for more steps"
                 )
         # Ranks leave together: one that tears down its process group while rank 0 still
         # writes the final files has been seen to abort in gloo.
