@@ -1,6 +1,7 @@
 """CPU forward time of the birds-width generators (eval mode, no grad).
 
-Stage-I G at batch 16 and Stage-II G at batch 4, as in spec section 9, which measured the
+Stage-I G at batch 16 and Stage-II G at batch 4, as in stackgan-pytorch-spec.md section 9, which
+measured the
 official code at about 0.33-0.41 s and 0.96 s on an idle 2-core machine. Prints one JSON
 object per stage. ``cpu_wall_ratio`` (process CPU time / wall time) shows contention: close to
 the thread count on an idle machine, close to 1 or below when other processes share the CPU.
@@ -20,7 +21,7 @@ import torch
 
 from stackgan_cli.models import ModelConfig, Stage1Generator, Stage2Generator
 
-# Official generator-only figures from spec section 9 (seconds per forward).
+# Official generator-only figures from stackgan-pytorch-spec.md section 9 (seconds per forward).
 OFFICIAL_SECONDS = {1: "0.33-0.41", 2: "0.96"}
 
 

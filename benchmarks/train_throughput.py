@@ -16,11 +16,22 @@ configuration in a fresh process (clean peak-memory figures and compile caches).
 
     python benchmarks/train_throughput.py --stage 1 --batch-size 16 --steps 8
     python benchmarks/train_throughput.py --stage 2 --device cuda --batch-size 64 --ablate
+
+``--arch v2`` measures StackGAN-v2 at the birds widths (``ModelConfig.preset("birds-v2")``,
+``--branches`` 3, batch 4 by default): the official StackGAN-v2 iteration restated around our
+networks (``--official``) or ``GANStep`` as ``stackgan train --arch v2`` builds it
+(benchmarks/v2_bench.py). ``--compare`` runs the official iteration and the training default
+alternately, ``--rounds`` times each, every run in a fresh process from the same initial
+weights, then prints a summary line with the speed-up.
+
+    python benchmarks/train_throughput.py --arch v2 --compare --rounds 2 --steps 6
+    python benchmarks/train_throughput.py --arch v2 --device cuda --batch-size 24 --compare
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -28,6 +39,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 
@@ -36,13 +48,18 @@ import torch
 
 from stackgan_cli.data.sampler import DeviceBatchSampler
 from stackgan_cli.models import ModelConfig, build_discriminator, build_generator
-from stackgan_cli.models.losses import discriminator_loss, generator_loss, kl_loss
+from stackgan_cli.models.config import IMAGE_SIZE, load_size
+from stackgan_cli.models.losses import BCE, discriminator_loss, generator_loss, kl_loss
+from stackgan_cli.training.family import family_for
 from stackgan_cli.training.step import GANStep, make_optimizers, prepare_modules
 
-DEFAULT_BATCH = {1: 16, 2: 4}  # spec section 9's CPU measurements of the official code
-OFFICIAL_CPU_IMAGES_PER_S = {1: 9.5, 2: 0.48}  # spec section 9, idle 2-core CPU
-LOAD_SIZE = {1: 76, 2: 304}
-IMAGE_SIZE = {1: 64, 2: 256}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import v2_bench  # noqa: E402  (benchmarks/v2_bench.py)
+
+# stackgan-pytorch-spec.md section 9's CPU measurements of the official code
+DEFAULT_BATCH = {1: 16, 2: 4}
+V2_DEFAULT_BATCH = 4  # StackGAN-v2, 3 branches (256 px) on the CPU
+OFFICIAL_CPU_IMAGES_PER_S = {1: 9.5, 2: 0.48}  # stackgan-pytorch-spec.md section 9, idle 2-core CPU
 # Dense peak FLOP/s by GPU name fragment: (bf16 tensor cores, TF32 tensor cores).
 PEAK_FLOPS = {"H100": (989.4e12, 494.7e12), "H200": (989.4e12, 494.7e12), "A100": (312e12, 156e12)}
 
@@ -87,7 +104,7 @@ def ablation_plan(device: str) -> list[tuple[str, Means]]:
         single.append("gemm_convs")
     if device == "cuda":
         single += ["amp"]
-    # The official trainer sets cudnn.benchmark itself (spec 5).
+    # The official trainer sets cudnn.benchmark itself (stackgan-pytorch-spec.md 5).
     plan = [("official", replace(base, official=True, cudnn_benchmark=device == "cuda"))]
     plan += [(f"+{name}", replace(base, **{name: True})) for name in single]
     default = training_default(device)
@@ -143,10 +160,11 @@ class Bench:
             torch.backends.cudnn.benchmark = means.cudnn_benchmark
         self.netG = build_generator(stage, cfg).to(device).train()
         self.netD = build_discriminator(stage, cfg).to(device).train()
-        size, load = IMAGE_SIZE[stage], LOAD_SIZE[stage]
+        size = IMAGE_SIZE[stage]
+        load = load_size(size)
         if means.official:
-            self.opt_g, self.opt_d = make_optimizers(
-                self.netG, self.netD, lr_g=2e-4, lr_d=2e-4, device=device, fused=False
+            self.opt_g, (self.opt_d,) = make_optimizers(
+                self.netG, [self.netD], lr_g=2e-4, lr_d=2e-4, device=device, fused=False
             )
             self.real = torch.rand(batch, 3, size, size, device=device) * 2 - 1
             self.text = torch.randn(batch, cfg.text_dim, device=device)
@@ -158,22 +176,23 @@ class Bench:
             return
         prepare_modules(
             self.netG,
-            self.netD,
+            [self.netD],
             channels_last=means.channels_last,
             compile=means.compile,
             compile_mode=means.compile_mode,
             fused_upsample=means.fused_upsample,
             gemm_convs=means.gemm_convs,
         )
-        self.opt_g, self.opt_d = make_optimizers(
-            self.netG, self.netD, lr_g=2e-4, lr_d=2e-4, device=device, fused=means.fused_adam
+        self.opt_g, opt_ds = make_optimizers(
+            self.netG, [self.netD], lr_g=2e-4, lr_d=2e-4, device=device, fused=means.fused_adam
         )
         step = GANStep(
+            family_for(stage),
             self.netG,
-            self.netD,
+            [self.netD],
             self.opt_g,
-            self.opt_d,
-            stage=stage,
+            opt_ds,
+            loss=BCE,
             kl_coeff=2.0,
             z_dim=cfg.z_dim,
             device=device,
@@ -213,9 +232,9 @@ def count_flops(stage: int, batch: int, cfg: ModelConfig, device: torch.device) 
     counted = batch if device.type == "cuda" else 2
     netG = build_generator(stage, cfg).to(device).train()
     netD = build_discriminator(stage, cfg).to(device).train()
-    opt_g, opt_d = make_optimizers(netG, netD, lr_g=2e-4, lr_d=2e-4, device=device)
-    step = GANStep(netG, netD, opt_g, opt_d, stage=stage, kl_coeff=2.0, z_dim=cfg.z_dim,
-                   device=device)  # fmt: skip
+    opt_g, opt_ds = make_optimizers(netG, [netD], lr_g=2e-4, lr_d=2e-4, device=device)
+    step = GANStep(family_for(stage), netG, [netD], opt_g, opt_ds, loss=BCE, kl_coeff=2.0,
+                   z_dim=cfg.z_dim, device=device)  # fmt: skip
     size = IMAGE_SIZE[stage]
     real = torch.rand(counted, 3, size, size, device=device) * 2 - 1
     text = torch.randn(counted, cfg.text_dim, device=device)
@@ -245,8 +264,12 @@ def device_name(device: torch.device) -> str:
 def measure(args, means: Means, name: str) -> dict:
     """Time ``args.steps`` iterations after ``args.warmup`` and describe the result."""
     device = torch.device(args.device)
-    cfg = ModelConfig.preset("birds")
-    bench = Bench(args.stage, args.batch_size, device, means, cfg)
+    v2 = args.arch == "v2"
+    if v2:
+        bench = v2_bench.BenchV2(args.branches, args.batch_size, device, means, args.init_state)
+    else:
+        cfg = ModelConfig.preset("birds")
+        bench = Bench(args.stage, args.batch_size, device, means, cfg)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -280,13 +303,18 @@ def measure(args, means: Means, name: str) -> dict:
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:  # ru_maxrss is in kilobytes on Linux: the process's resident peak
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    flops = count_flops(args.stage, args.batch_size, cfg, device)
+    if v2:
+        flops = v2_bench.count_flops_v2(args.branches, args.batch_size, device)
+    else:
+        flops = count_flops(args.stage, args.batch_size, cfg, device)
     achieved = flops / median if flops else None
     peak = peak_flops(device, means.amp, args.peak_tflops)
     result = {
         "benchmark": "train_throughput",
         "config": name,
-        "stage": args.stage,
+        "arch": args.arch,
+        "stage": None if v2 else args.stage,
+        "branches": args.branches if v2 else None,
         "batch_size": args.batch_size,
         "device": device.type,
         "device_name": device_name(device),
@@ -309,7 +337,7 @@ def measure(args, means: Means, name: str) -> dict:
         "torch": torch.__version__,
         "means": asdict(means),
     }
-    if not cuda and args.batch_size == DEFAULT_BATCH[args.stage]:
+    if not v2 and not cuda and args.batch_size == DEFAULT_BATCH[args.stage]:
         official = OFFICIAL_CPU_IMAGES_PER_S[args.stage]
         result["official_cpu_images_per_s_spec9"] = official
         result["speedup_vs_spec9"] = round(result["images_per_s"] / official, 3)
@@ -318,14 +346,23 @@ def measure(args, means: Means, name: str) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--stage", type=int, choices=(1, 2), default=1)
-    parser.add_argument("--batch-size", type=int, default=None, help="default 16 / 4")
+    parser.add_argument("--arch", choices=("v1", "v2"), default="v1")
+    parser.add_argument("--stage", type=int, choices=(1, 2), default=1, help="v1 only")
+    parser.add_argument("--branches", type=int, choices=(1, 2, 3), default=3, help="v2 only")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 16 / 4; v2 4")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--official", action="store_true", help="the official iteration")
     parser.add_argument("--ablate", action="store_true", help="every means one by one")
+    parser.add_argument(
+        "--compare", action="store_true", help="official vs training default, alternating"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="--compare: runs of each")
+    parser.add_argument(
+        "--init-state", default=None, help="v2: initial weights (saved by --compare/--ablate)"
+    )
     parser.add_argument("--peak-tflops", type=float, default=None, help="for the MFU figure")
     flags = (
         "compile",
@@ -344,6 +381,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--name", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.arch == "v2":
+        args.batch_size = args.batch_size or V2_DEFAULT_BATCH
     args.batch_size = args.batch_size or DEFAULT_BATCH[args.stage]
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
@@ -372,17 +411,81 @@ def chosen_means(args) -> tuple[str, Means]:
     return "custom" if any(v is not None for v in overrides.values()) else "training_default", means
 
 
+def run_config(keep: list[str], device: str, name: str, means: Means) -> dict | None:
+    """One configuration in a fresh process; prints and returns its JSON line."""
+    command = [sys.executable, __file__, *keep, "--device", device,
+               "--means-json", json.dumps(asdict(means)), "--name", name]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(json.dumps({"config": name, "error": done.stderr.strip()[-2000:]}), flush=True)
+        return None
+    line = done.stdout.strip().splitlines()[-1]
+    print(line, flush=True)
+    return json.loads(line)
+
+
+@contextlib.contextmanager
+def shared_init(args, keep: list[str]):
+    """v2: the initial weights built once (slow orthogonal init) and saved for every run."""
+    if args.arch != "v2" or args.init_state:
+        yield keep
+        return
+    with tempfile.TemporaryDirectory(prefix="train_throughput_") as tmp:
+        path = os.path.join(tmp, "init.pt")
+        v2_bench.save_init_state(args.branches, path)
+        yield [*keep, "--init-state", path]
+
+
 def ablate(args, argv) -> None:
     """Each configuration in its own process, one JSON line each."""
     keep = [item for item in argv if item != "--ablate"]
-    for name, means in ablation_plan(args.device):
-        command = [sys.executable, __file__, *keep, "--device", args.device,
-                   "--means-json", json.dumps(asdict(means)), "--name", name]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            print(json.dumps({"config": name, "error": done.stderr.strip()[-2000:]}), flush=True)
-        else:
-            print(done.stdout.strip().splitlines()[-1], flush=True)
+    with shared_init(args, keep) as keep:
+        for name, means in ablation_plan(args.device):
+            run_config(keep, args.device, name, means)
+
+
+def compare(args, argv) -> None:
+    """The official iteration and the training default alternately, ``--rounds`` times each
+    (fresh processes, same initial weights), then one summary line."""
+    keep = [item for item in argv if item != "--compare"]
+    plan = [
+        ("official", Means(official=True, cudnn_benchmark=args.device == "cuda")),
+        ("training_default", training_default(args.device)),
+    ]
+    results: dict[str, list[dict]] = {name: [] for name, _ in plan}
+    with shared_init(args, keep) as keep:
+        for _ in range(args.rounds):
+            for name, means in plan:
+                result = run_config(keep, args.device, name, means)
+                if result is not None:
+                    results[name].append(result)
+    official, ours = results["official"], results["training_default"]
+    if not official or not ours:
+        return
+
+    def median(rows: list[dict], key: str) -> float | None:
+        values = [row[key] for row in rows if row.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    summary = {
+        "benchmark": "train_throughput_compare",
+        "arch": args.arch,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "rounds": args.rounds,
+        "official_images_per_s": [row["images_per_s"] for row in official],
+        "training_default_images_per_s": [row["images_per_s"] for row in ours],
+        "speedup": round(median(ours, "images_per_s") / median(official, "images_per_s"), 3),
+        "official_peak_memory_mb": [row["peak_memory_mb"] for row in official],
+        "training_default_peak_memory_mb": [row["peak_memory_mb"] for row in ours],
+        "process_cpu_over_wall": [row["process_cpu_over_wall"] for row in official + ours],
+        "load_average": os.getloadavg(),
+    }
+    cpu_official = median(official, "cpu_seconds_per_iter")
+    cpu_ours = median(ours, "cpu_seconds_per_iter")
+    if cpu_official and cpu_ours:
+        summary["cpu_seconds_ratio"] = round(cpu_official / cpu_ours, 3)
+    print(json.dumps(summary), flush=True)
 
 
 def main(argv=None) -> None:
@@ -392,6 +495,9 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     if args.ablate:
         ablate(args, argv)
+        return
+    if args.compare:
+        compare(args, argv)
         return
     name, means = chosen_means(args)
     print(json.dumps(measure(args, means, name)), flush=True)

@@ -1,8 +1,9 @@
 """The ``stackgan`` command: a Typer app whose commands live in ``stackgan_cli/commands/``.
 
 Each command parses its options and calls one function of the library. Errors the user can fix
-(``StackGANError``) become one red line on stderr and exit code 1; bad option values
-(``typer.BadParameter``) exit with 2; ``--debug`` shows the full traceback instead.
+(``StackGANError``) become one red line on stderr and exit code 1; options that make no sense
+together (``UsageError``, found by the library) and bad option values (``typer.BadParameter``)
+exit with 2; ``--debug`` shows the full traceback instead.
 """
 
 from typing import Annotated
@@ -13,7 +14,7 @@ from typer.core import TyperGroup
 
 from stackgan_cli import __version__
 from stackgan_cli.console import err
-from stackgan_cli.errors import StackGANError
+from stackgan_cli.errors import StackGANError, UsageError
 
 _debug = False
 
@@ -28,7 +29,7 @@ class _FriendlyErrors(TyperGroup):
             if _debug:
                 raise
             err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(2 if isinstance(exc, UsageError) else 1) from None
         except KeyboardInterrupt:
             if _debug:
                 raise
@@ -86,6 +87,12 @@ app.command("generate")(_generate.generate)
 from stackgan_cli.commands import evaluate as _evaluate  # noqa: E402
 
 app.command("evaluate")(_evaluate.evaluate)
+from stackgan_cli.commands import runs as _runs  # noqa: E402
+
+app.command("runs")(_runs.runs)
+from stackgan_cli.commands import serve as _serve  # noqa: E402
+
+app.command("serve")(_serve.serve)
 # --- end commands ---
 
 

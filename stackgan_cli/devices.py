@@ -1,11 +1,26 @@
-"""Turning a ``--device`` choice (``auto``, ``cpu`` or ``cuda``) into a ``torch.device``."""
+"""The ``--device`` choices and turning one into a ``torch.device``.
+
+The choices are plain values so that the CLI can list them without importing torch.
+"""
 
 from __future__ import annotations
 
-import torch
+from enum import Enum
+from typing import TYPE_CHECKING
 
-from stackgan_cli.commands.choices import Device
 from stackgan_cli.errors import StackGANError
+
+if TYPE_CHECKING:
+    import torch
+
+
+class Device(str, Enum):
+    """``auto`` picks CUDA when PyTorch sees a GPU, else the CPU."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
 
 DEVICE_CHOICES = tuple(choice.value for choice in Device)
 
@@ -15,6 +30,8 @@ def pick_device(choice: str, local_rank: int = 0) -> torch.device:
 
     ``local_rank`` selects the GPU of a ``torchrun`` worker (wrapping over the visible GPUs).
     """
+    import torch
+
     if choice not in DEVICE_CHOICES:
         raise StackGANError(f"--device must be auto, cpu or cuda, got {choice!r}")
     if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):

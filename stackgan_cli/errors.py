@@ -1,8 +1,10 @@
-"""The one exception type that the CLI turns into a clean one-line message."""
+"""The exceptions that the CLI turns into clean one-line messages."""
 
 
 class StackGANError(Exception):
-    """A problem the user can fix (bad file, missing dataset, ...): shown as one line, exit 1.
+    """A problem the user can fix (bad file, missing dataset, ...): shown as one line, exit 1."""
 
-    Bad option values are reported with ``typer.BadParameter`` instead, which exits with 2.
-    """
+
+class UsageError(StackGANError):
+    """Options that make no sense together, found by the library: one line, exit 2 (as for a
+    bad option value that typer itself rejects). The message names the option(s)."""

@@ -1,13 +1,18 @@
-"""Writing files so that a crash or a kill never leaves a half-written one in place."""
+"""Files on disk: atomic writes (a crash or a kill never leaves a half-written file in place),
+hashing, and the lock that gives a folder one owner process at a time."""
 
 import contextlib
 import hashlib
 import os
 import shutil
+import socket
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from stackgan_cli.errors import StackGANError
 
 
 def fsync_dir(path: Path) -> None:
@@ -92,3 +97,45 @@ def file_hashes(path: Path, algorithms: Iterable[str]) -> dict[str, str]:
                 for hasher in hashers.values():
                     hasher.update(block)
     return {algorithm: hasher.hexdigest() for algorithm, hasher in hashers.items()}
+
+
+def copy_file(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` atomically (a half-copied file never exists)."""
+    with open(source, "rb") as src, atomic_file(Path(target), "wb") as dst:
+        shutil.copyfileobj(src, dst, length=1 << 20)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive advisory lock on the file ``path`` (created if needed) for the block.
+
+    The file names its holder (process id, host and command line) while held. The operating
+    system drops the lock when the holder exits, however it ends, so a lock left behind by a
+    killed process is simply taken over. When another live process holds it, StackGANError
+    says ``busy`` and names that holder. Where the OS has no advisory locks (Windows) the
+    block runs unguarded.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise StackGANError(f"{busy}: {holder} holds {path}") from None
+        handle.seek(0)
+        handle.truncate()
+        command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        handle.write(f"process {os.getpid()} on {socket.gethostname()} ({command})\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()

@@ -10,6 +10,7 @@ prompts (the generators run in eval mode, so the batch does not matter either).
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,15 +26,12 @@ from stackgan_cli.devices import pick_device
 from stackgan_cli.errors import StackGANError
 from stackgan_cli.generator_file import GeneratorBundle, load_generator_file, newest_generator
 from stackgan_cli.imaging import captioned_grid, save_png, strip, to_uint8
-
-MAX_SAMPLES = 256
-"""Largest ``-n``: a grid row of 256 images is already 16k (64 px) to 66k (256 px) wide."""
-
-MAX_STEPS = 64
-"""Most frames in an interpolation strip."""
+from stackgan_cli.limits import MAX_SAMPLES, MAX_STEPS
+from stackgan_cli.models.config import IMAGE_SIZE
 
 _BATCH = {1: 64, 2: 16}
 """Images per forward pass, by output stage (bounds memory for large ``-n``)."""
+_V2_BATCH = 16  # a StackGAN-v2 generator makes every branch up to 256 px in each pass
 
 
 @dataclass(frozen=True)
@@ -74,6 +72,24 @@ def default_out_dir(base: Path | None = None, now: _dt.datetime | None = None) -
     return candidate
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """``StackGANError`` naming ``--out`` unless ``out_dir`` is a writable folder or can be
+    created as one; checked before any work, so that a bad path fails at once."""
+    path = Path(out_dir)
+    if os.path.lexists(path) and not path.is_dir():
+        kind = "a broken symbolic link" if not path.exists() else "a file"
+        raise StackGANError(f"--out {path} is {kind}, not a folder: give a folder for the images")
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise StackGANError(f"--out {path} cannot be created: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == path:
+            raise StackGANError(f"--out {path} is not writable")
+        raise StackGANError(f"--out {path} cannot be created: {existing} is not writable")
+
+
 def read_embedding_file(path: Path, text_dim: int) -> Tensor:
     """A ``.npy`` of precomputed text embeddings, (P, text_dim) or (text_dim,), as a float32
     (P, text_dim) tensor."""
@@ -112,10 +128,9 @@ def encode_prompts(bundle: GeneratorBundle, prompts: Sequence[str]) -> Tensor:
     """(P, text_dim) embeddings of prompts (already through :func:`normalize_prompts`) with the
     file's bundled text encoder."""
     if bundle.text_encoder is None:
-        raise StackGANError(
-            f"{bundle.path} carries no text encoder (an official state dict or a file trained "
-            "without one): give precomputed embeddings with --embedding-file F.npy"
-        )
+        from stackgan_cli.text_encoder_source import no_text_encoder_message
+
+        raise StackGANError(no_text_encoder_message(bundle))
     embeddings = bundle.text_encoder.encode(list(prompts)).float().cpu()
     if embeddings.shape != (len(prompts), bundle.cfg.text_dim):
         raise StackGANError(
@@ -185,6 +200,26 @@ def _forward(
     return sketches.float().cpu(), images.float().cpu()
 
 
+def run_branches(
+    bundle: GeneratorBundle, embeddings: Tensor, noise: Noise, *, device: torch.device
+) -> list[Tensor]:
+    """A StackGAN-v2 file's images for every (embedding, sample) pair: one (P, n, 3, S, S)
+    tensor per branch, smallest first, in [-1, 1] on the CPU (CA noise ``noise.eps1``)."""
+    prompts, n = embeddings.shape[0], len(noise)
+    prompt_index = torch.arange(prompts).repeat_interleave(n)
+    sample_index = torch.arange(n).repeat(prompts)
+    chunks: list[list[Tensor]] = []
+    bundle.generator.to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        for start in range(0, prompts * n, _V2_BATCH):
+            rows = slice(start, start + _V2_BATCH)
+            chunk = _select(noise, sample_index[rows])
+            text = embeddings[prompt_index[rows]].to(device)
+            images, _, _ = bundle.generator(text, chunk.z.to(device), eps=chunk.eps1.to(device))
+            chunks.append([image.float().cpu() for image in images])
+    return [torch.cat(branch).unflatten(0, (prompts, n)) for branch in zip(*chunks, strict=True)]
+
+
 def _select(noise: Noise, index: Tensor) -> Noise:
     return Noise(z=noise.z[index], eps1=noise.eps1[index], eps2=noise.eps2[index])
 
@@ -200,8 +235,11 @@ def run_generator(
     """Images for every (embedding, sample) pair: ``(sketches, images)``, each
     (P, n, 3, H, W) in [-1, 1] on the CPU; sketches (Stage-II files at stage 2 only) else None.
 
-    ``stage`` is the output stage: 1 for a Stage-I file, 1 or 2 for a Stage-II file.
+    ``stage`` is the output stage: 1 for a Stage-I file, 1 or 2 for a Stage-II file; for a
+    StackGAN-v2 file the branch (1, 2, 3: 64, 128, 256 px), and sketches are None.
     """
+    if bundle.arch == "v2":
+        return None, run_branches(bundle, embeddings, noise, device=device)[stage - 1]
     prompts, n = embeddings.shape[0], len(noise)
     prompt_index = torch.arange(prompts).repeat_interleave(n)
     sample_index = torch.arange(n).repeat(prompts)
@@ -297,8 +335,14 @@ def generate(
     interpolate_between: tuple[str, str] | None = None,
     steps: int = 8,
     device: str = "auto",
+    size: int | None = None,
+    text_encoder: str | Path | None = None,
 ) -> GenerateResult:
-    """Everything ``stackgan generate`` does; see its help. Returns what was written."""
+    """Everything ``stackgan generate`` does; see its help. Returns what was written.
+
+    ``size`` picks the output by its side: a StackGAN-v2 file's branch (default its largest),
+    or a StackGAN-v1 file's stage (64: stage 1, 256: stage 2). ``text_encoder`` (a prepared
+    dataset or a file, see :mod:`stackgan_cli.text_encoder_source`) replaces the file's own."""
     if not 1 <= n <= MAX_SAMPLES:
         raise ValueError(f"n must be between 1 and {MAX_SAMPLES}, got {n}")
     if stage not in (None, 1, 2):
@@ -309,25 +353,42 @@ def generate(
         raise StackGANError(
             "nothing to generate: give TEXT prompts, --embedding-file or --interpolate"
         )
+    check_out_dir(out_dir)
     # Normalise first, so that an empty prompt fails before the generator is loaded.
     normalized = normalize_prompts(prompts) if embedding_file is None else None
     ends_normalized = [
         None if _is_row(end, embedding_file) else normalize_prompts([end])[0]
         for end in interpolate_between or ()
     ]
+    encoder = None
+    if text_encoder is not None:
+        from stackgan_cli.text_encoder_source import load_text_encoder
+
+        encoder = load_text_encoder(text_encoder)
     torch_device = pick_device(device)
     if ckpt is None:
         ckpt = newest_generator()
         _say(f"using the newest generator in the cache: {ckpt}")
     bundle = load_generator_file(ckpt, device=torch_device)
-    stage = bundle.stage if stage is None else stage
-    if stage == 2 and bundle.stage == 1:
-        raise StackGANError(f"{ckpt} is a Stage-I generator: it has no stage 2 (use --stage 1)")
-    if show_stages and (bundle.stage == 1 or stage == 1):
-        raise StackGANError(
-            f"--show-stages needs the Stage-II output of a Stage-II generator; {ckpt} "
-            + ("is a Stage-I generator" if bundle.stage == 1 else "was asked for --stage 1")
-        )
+    if encoder is not None:
+        from stackgan_cli.text_encoder_source import use_text_encoder
+
+        use_text_encoder(bundle, encoder, text_encoder)
+    if bundle.arch == "v2":
+        stage = _v2_branch(bundle, ckpt, size, stage, show_stages)
+        out_size = 64 * 2 ** (stage - 1)
+    else:
+        if size is not None:
+            stage = _v1_stage_for_size(ckpt, size, stage)
+        stage = bundle.stage if stage is None else stage
+        if stage == 2 and bundle.stage == 1:
+            raise StackGANError(f"{ckpt} is a Stage-I generator: it has no stage 2 (use --stage 1)")
+        if show_stages and (bundle.stage == 1 or stage == 1):
+            raise StackGANError(
+                f"--show-stages needs the Stage-II output of a Stage-II generator; {ckpt} "
+                + ("is a Stage-I generator" if bundle.stage == 1 else "was asked for --stage 1")
+            )
+        out_size = IMAGE_SIZE[stage]
 
     # All conditioning before any output, so that a bad prompt or file fails cleanly.
     embeddings: Tensor | None = None
@@ -338,14 +399,17 @@ def generate(
         _endpoint(bundle, text, norm, embeddings, captions)
         for text, norm in zip(interpolate_between or (), ends_normalized, strict=True)
     ]
-    _say(f"{ckpt}: {_describe(bundle)}; {64 if stage == 1 else 256}px images on {torch_device}")
+    _say(f"{ckpt}: {_describe(bundle)}; {out_size}px images on {torch_device}")
     if seed is None:
         seed = secrets.randbelow(2**31)
         _say(f"seed {seed} (pass --seed {seed} to get the same images again)")
     noise = draw_noise(bundle, n, seed)
     result = GenerateResult(out_dir=Path(out_dir), seed=seed)
 
-    if embeddings is not None:
+    if embeddings is not None and bundle.arch == "v2" and show_stages:
+        branches = run_branches(bundle, embeddings, noise, device=torch_device)[:stage]
+        _write_branches(result, captions, branches)
+    elif embeddings is not None:
         sketches, images = run_generator(
             bundle, embeddings, noise, stage=stage, device=torch_device
         )
@@ -366,14 +430,70 @@ def _say(message: str) -> None:
     err.print(message, highlight=False, soft_wrap=True, markup=False)
 
 
+def _v2_branch(
+    bundle: GeneratorBundle, ckpt: Path, size: int | None, stage: int | None, show: bool
+) -> int:
+    """The branch (1-based) of a StackGAN-v2 file that ``--size`` asks for."""
+    if stage is not None:
+        raise StackGANError(f"--stage: {ckpt} is a StackGAN-v2 generator; pick --size instead")
+    sizes = [64 * 2**i for i in range(bundle.cfg.branch_num)]
+    if size is None:
+        return len(sizes)
+    if size not in sizes:
+        raise StackGANError(f"--size {size}: {ckpt} makes {', '.join(map(str, sizes))} px images")
+    if show and size == 64:
+        raise StackGANError("--show-stages shows the smaller branches beside --size; 64 has none")
+    return sizes.index(size) + 1
+
+
+def _v1_stage_for_size(ckpt: Path, size: int, stage: int | None) -> int:
+    """The StackGAN-v1 stage whose images are ``size`` px (64: 1, 256: 2)."""
+    stages = {side: s for s, side in IMAGE_SIZE.items()}
+    if size not in stages:
+        raise StackGANError(f"--size {size}: {ckpt} is a StackGAN-v1 generator (64 or 256 px)")
+    if stage is not None and stage != stages[size]:
+        raise StackGANError(f"--size {size} and --stage {stage} ask for different outputs")
+    return stages[size]
+
+
+def _write_branches(
+    result: GenerateResult, captions: Sequence[str], branches: Sequence[Tensor]
+) -> None:
+    """--show-stages for StackGAN-v2: the largest branch's PNGs, each smaller branch's as
+    ``PP_KK_<size>.png``, and a grid with every branch side by side (nearest-enlarged)."""
+    images = branches[-1]
+    prompts, n = images.shape[:2]
+    _write_samples(result, captions, images, None)
+    for p in range(prompts):
+        paths = []
+        for branch in branches[:-1]:
+            small = to_uint8(branch[p])
+            suffix = f"_{branch.shape[-1]}"
+            paths += [
+                save_png(small[k], result.out_dir / image_name(p, k, prompts, n, suffix))
+                for k in range(n)
+            ]
+        result.sketches.append(paths)
+    size = images.shape[-1]
+    enlarged = [_upsample(branch, size) for branch in branches]
+    rows = torch.stack(enlarged, dim=2).flatten(1, 2)
+    result.grid = save_png(captioned_grid(list(rows), captions), result.out_dir / "grid.png")
+
+
 def _describe(bundle: GeneratorBundle) -> str:
-    text = f"Stage-{'I' * bundle.stage} generator"
+    if bundle.arch == "v2":
+        sizes = "/".join(str(64 * 2**i) for i in range(bundle.cfg.branch_num))
+        text = f"StackGAN-v2 generator ({sizes} px)"
+    else:
+        text = f"Stage-{'I' * bundle.stage} generator"
     if bundle.source == "official":
         text += " (official state dict)"
     if bundle.dataset:
         text += f", trained on {bundle.dataset}"
     if bundle.epoch is not None:
         text += f", epoch {bundle.epoch}"
+    if bundle.iteration is not None:
+        text += f", iteration {bundle.iteration}"
     return text
 
 

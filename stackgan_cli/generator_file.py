@@ -7,7 +7,12 @@ A plain dict written with ``atomic_torch_save``, read back with
      "model_config": ModelConfig.to_dict(), "generator": state_dict (Stage II: with STAGE1_G.*),
      "text_encoder": dict | None, "dataset": str | None, "epoch": int | None}
 
-:func:`load_generator_file` also accepts a plain official StackGAN-Pytorch ``netG`` state dict.
+A StackGAN-v2 tree generator is written as ``"format_version": 2`` with ``"arch": "v2"`` and
+``"stage": None`` (its ``model_config`` has ``branch_num``); StackGAN-v1 files stay version 1,
+so older versions of this package keep reading them and refuse the v2 ones cleanly.
+
+:func:`load_generator_file` also accepts a plain official StackGAN-Pytorch ``netG`` state dict
+(StackGAN-v1 ``netG_epoch_<N>.pth``) and an official StackGAN-v2 one (``netG_<N>.pth``).
 """
 
 from __future__ import annotations
@@ -23,21 +28,27 @@ from torch import nn
 
 from stackgan_cli import paths
 from stackgan_cli.errors import StackGANError
+from stackgan_cli.formats import check_format
 from stackgan_cli.fsutil import atomic_torch_save
 from stackgan_cli.models.config import ModelConfig
+from stackgan_cli.models.generator_v2 import StackGANv2Generator
 from stackgan_cli.models.official import (
     assign_state_dict,
     empty_module,
     generator_from_state_dict,
     read_torch_file,
 )
+from stackgan_cli.models.official_v2 import v2_generator_from_state_dict
 from stackgan_cli.models.stage1 import Stage1Generator
 from stackgan_cli.models.stage2 import Stage2Generator
 
 FORMAT = "stackgan-generator"
 FORMAT_VERSION = 1
+V2_FORMAT_VERSION = 2  # files holding a StackGAN-v2 generator
 _GENERATOR_CLASSES = {1: Stage1Generator, 2: Stage2Generator}
 _OFFICIAL_NAME = re.compile(r"netG_epoch_(\d+)\.pth$")
+_OFFICIAL_V2_NAME = re.compile(r"netG_(\d+)\.pth$")  # StackGAN-v2 counts iterations
+_V2_GENERATOR_PREFIXES = ("h_net1.", "module.h_net1.")
 
 
 @dataclass
@@ -52,6 +63,8 @@ class GeneratorBundle:
     epoch: int | None
     source: str  # "stackgan" (our format) or "official" (plain StackGAN-Pytorch state dict)
     path: Path
+    arch: str = "v1"  # "v2": a StackGANv2Generator; ``stage`` is then None
+    iteration: int | None = None  # official StackGAN-v2 files: N of ``netG_<N>.pth``
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
@@ -70,18 +83,19 @@ def save_generator_file(
     generator: nn.Module,
     cfg: ModelConfig,
     *,
-    stage: int,
+    stage: int | None,
     text_encoder: Mapping[str, Any] | Any | None = None,
     dataset: str | None,
     epoch: int | None,
 ) -> None:
     """Write ``generator`` (weights moved to the CPU), its config and the text encoder
-    atomically to ``path``. ``text_encoder`` is the encoder's ``to_dict()`` (an encoder object
-    is converted with its ``to_dict``), or None."""
+    atomically to ``path``. ``stage`` is 1 or 2 for StackGAN-v1, None for a StackGAN-v2
+    generator. ``text_encoder`` is the encoder's ``to_dict()`` (an encoder object is converted
+    with its ``to_dict``), or None."""
     generator = _unwrap(generator)
-    expected = _GENERATOR_CLASSES.get(stage)
+    expected = _GENERATOR_CLASSES.get(stage) if stage is not None else StackGANv2Generator
     if expected is None:
-        raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+        raise ValueError(f"stage must be 1, 2 or None (StackGAN-v2), got {stage!r}")
     if not isinstance(generator, expected):
         raise ValueError(
             f"stage {stage} needs a {expected.__name__}, got {type(generator).__name__}"
@@ -92,7 +106,7 @@ def save_generator_file(
         text_encoder = text_encoder.to_dict()
     payload = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if stage is not None else V2_FORMAT_VERSION,
         "stage": stage,
         "model_config": cfg.to_dict(),
         "generator": {key: value.detach().cpu() for key, value in generator.state_dict().items()},
@@ -100,11 +114,14 @@ def save_generator_file(
         "dataset": dataset,
         "epoch": epoch,
     }
+    if stage is None:
+        payload["arch"] = "v2"
     atomic_torch_save(payload, Path(path))
 
 
 def load_generator_file(path: str | Path, device: str | torch.device = "cpu") -> GeneratorBundle:
-    """Load a generator file (or a plain official ``netG_epoch_*.pth``) onto ``device``.
+    """Load a generator file (or a plain official ``netG_epoch_*.pth`` of StackGAN-v1 or
+    ``netG_<iteration>.pth`` of StackGAN-v2) onto ``device``.
 
     Raises StackGANError for a missing, truncated or non-PyTorch file, an unknown format
     version, a discriminator, or any other dict that is not a StackGAN generator.
@@ -120,16 +137,21 @@ def load_generator_file(path: str | Path, device: str | torch.device = "cpu") ->
 
 
 def _from_generator_file(data: Mapping[str, Any], path: Path) -> GeneratorBundle:
-    if data["format"] != FORMAT:
-        raise StackGANError(f"{path} is a {data['format']!r} file, not a StackGAN generator file")
-    version = data.get("format_version")
-    if version != FORMAT_VERSION:
-        raise StackGANError(
-            f"{path} has generator file format version {version!r}; this stackgan reads "
-            f"version {FORMAT_VERSION} (a newer stackgan may read it)"
-        )
+    version = check_format(
+        data,
+        tag=FORMAT,
+        versions=(FORMAT_VERSION, V2_FORMAT_VERSION),
+        where=str(path),
+        what="StackGAN generator file",
+        remedy="a newer stackgan may read it",
+    )
+    arch = data.get("arch", "v1") if version >= V2_FORMAT_VERSION else "v1"
+    if arch not in ("v1", "v2"):
+        raise StackGANError(f"{path} names architecture {arch!r}; known: v1, v2")
     stage = data.get("stage")
-    if stage not in _GENERATOR_CLASSES:
+    if arch == "v2":
+        stage = None
+    elif stage not in _GENERATOR_CLASSES:
         raise StackGANError(f"{path} names stage {stage!r}; a generator file must be stage 1 or 2")
     try:
         cfg = ModelConfig.from_dict(data.get("model_config"))
@@ -138,11 +160,13 @@ def _from_generator_file(data: Mapping[str, Any], path: Path) -> GeneratorBundle
     state = data.get("generator")
     if not isinstance(state, Mapping):
         raise StackGANError(f"{path} holds no generator weights")
+    model_class = StackGANv2Generator if arch == "v2" else _GENERATOR_CLASSES[stage]
+    what = "StackGAN-v2" if arch == "v2" else f"Stage-{stage}"
     try:
-        generator = assign_state_dict(empty_module(_GENERATOR_CLASSES[stage], cfg), state)
-    except (RuntimeError, TypeError, AttributeError):
+        generator = assign_state_dict(empty_module(model_class, cfg), state)
+    except (RuntimeError, TypeError, AttributeError, ValueError):
         raise StackGANError(
-            f"{path}: the generator weights do not match its Stage-{stage} model configuration"
+            f"{path}: the generator weights do not match its {what} model configuration"
         ) from None
     dataset = data.get("dataset")
     epoch = data.get("epoch")
@@ -159,6 +183,7 @@ def _from_generator_file(data: Mapping[str, Any], path: Path) -> GeneratorBundle
         epoch=epoch,
         source="stackgan",
         path=path,
+        arch=arch,
     )
 
 
@@ -185,6 +210,9 @@ def _from_official(data: Any, path: Path) -> GeneratorBundle:
         raise StackGANError(
             f"{path} is neither a StackGAN generator file nor a generator state dict"
         )
+    if any(key.startswith(_V2_GENERATOR_PREFIXES) for key in data):
+        # The v1 loader checks for discriminators first; v2 ones have no h_net1.
+        return _from_official_v2(data, path)
     stage, cfg, generator = generator_from_state_dict(data, name=str(path))
     match = _OFFICIAL_NAME.search(path.name)
     return GeneratorBundle(
@@ -196,6 +224,24 @@ def _from_official(data: Any, path: Path) -> GeneratorBundle:
         epoch=int(match.group(1)) if match else None,
         source="official",
         path=path,
+    )
+
+
+def _from_official_v2(data: Mapping[str, Any], path: Path) -> GeneratorBundle:
+    cfg, generator = v2_generator_from_state_dict(data, name=str(path))
+    match = _OFFICIAL_V2_NAME.search(path.name)
+    iteration = int(match.group(1)) if match else None
+    return GeneratorBundle(
+        stage=None,
+        cfg=cfg,
+        generator=generator,
+        text_encoder=None,
+        dataset=None,
+        epoch=None,
+        source="official",
+        path=path,
+        arch="v2",
+        iteration=iteration,
     )
 
 

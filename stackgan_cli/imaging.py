@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,10 @@ BACKGROUND = (255, 255, 255)
 TEXT_COLOUR = (20, 20, 20)
 ELLIPSIS = "..."  # three dots: present in every font, the bitmap fallback included
 _MAX_CAPTION_LINES = 3
+_MAX_NARROW_RUN = 30
+"""Most characters narrower than 1 px kept in a row: Unicode's stream-safe limit on combining
+marks (UAX #15). They add (almost) no width, so without a limit a caption of them could be
+endless; only such pathological runs lose characters."""
 
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
@@ -62,6 +66,51 @@ def _glyph_or_base(font: ImageFont.FreeTypeFont, ch: str) -> str:
     return base if base and base.isascii() else ch
 
 
+def _shown_part(text: str, font: Font, width: int, max_lines: int) -> tuple[str, bool]:
+    """The drawable form (see ``_drawable``) of the start of ``text`` that ``max_lines`` lines
+    of ``width`` pixels can show, and whether more followed it.
+
+    A line holds at most ``width`` characters at least 1 px wide, so wrapping consumes at most
+    ``max_lines * (width + 1)`` of them (with the spaces at the breaks); one line's worth more
+    keeps the piece after the last line too wide to fit, so the lines come out as they would
+    for the whole text. Narrower characters (zero-width or combining ones in some fonts) are
+    not counted, but each run of them is cut to ``_MAX_NARROW_RUN``.
+    """
+    budget = (max_lines + 1) * (width + 1)
+    head = _drawable(text[:budget], font)
+    wide_chars = {ch: font.getlength(ch) >= 1 for ch in set(head)}
+    if all(wide_chars.values()):
+        return head, len(text) > budget
+    kept: list[str] = []
+    wide = run = 0
+    for ch in _drawable_chars(text, font):
+        if ch not in wide_chars:
+            wide_chars[ch] = font.getlength(ch) >= 1
+        if wide_chars[ch]:
+            if wide == budget:
+                return "".join(kept), True
+            wide, run = wide + 1, 0
+        elif run < _MAX_NARROW_RUN:
+            run += 1
+        else:
+            continue
+        kept.append(ch)
+    return "".join(kept), False
+
+
+def _drawable_chars(text: str, font: Font) -> Iterator[str]:
+    """The characters of ``_drawable(text, font)`` one at a time, computed as they are asked
+    for (so that a long text is only converted as far as it is read)."""
+    for ch in text:
+        yield from _drawable(ch, font)
+
+
+def _label(text: str, font: Font, width: int) -> str:
+    """``text`` on one line of ``width`` pixels, shortened with an ellipsis when too long."""
+    shown, cut_off = _shown_part(text, font, width, 1)
+    return _fit(shown, font, width, overflow=cut_off)
+
+
 def _line_height(font: Font) -> int:
     if isinstance(font, ImageFont.FreeTypeFont):
         ascent, descent = font.getmetrics()
@@ -70,20 +119,40 @@ def _line_height(font: Font) -> int:
     return bottom - top + 2
 
 
-def _fit(text: str, font: Font, width: int) -> str:
-    """``text`` cut (with an ellipsis) so that it is at most ``width`` pixels long."""
-    if font.getlength(text) <= width:
+def _fit(text: str, font: Font, width: int, overflow: bool = False) -> str:
+    """``text`` cut (with an ellipsis) so that it is at most ``width`` pixels long; with
+    ``overflow`` (text followed that is not shown) the ellipsis is added even if it all fits."""
+    if not overflow and font.getlength(text) <= width:
         return text
-    while text and font.getlength(text.rstrip() + ELLIPSIS) > width:
-        text = text[:-1]
-    return text.rstrip() + ELLIPSIS if text else ""
+    # Binary search for the longest start of the text that fits beside the ellipsis (a longer
+    # start is never shorter in pixels); no start at all fitting gives "".
+    low, high = 0, len(text)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if font.getlength(text[:middle].rstrip() + ELLIPSIS) <= width:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low].rstrip() + ELLIPSIS if low else ""
+
+
+def _fitting_length(word: str, font: Font, width: int) -> int:
+    """Length of the longest start of ``word`` at most ``width`` pixels long, but at least 1."""
+    low, high = 1, len(word)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if font.getlength(word[:middle]) <= width:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def wrap_text(text: str, font: Font, width: int, max_lines: int = _MAX_CAPTION_LINES) -> list[str]:
     """Greedy word wrap of ``text`` to ``width`` pixels; words longer than a line are broken,
     and what does not fit in ``max_lines`` lines is replaced by an ellipsis."""
-    text = _drawable(" ".join(text.split()), font)
     width = max(width, 1)
+    text, cut_off = _shown_part(" ".join(text.split()), font, width, max_lines)
     lines: list[str] = []
     current = ""
     words = text.split(" ") if text else []
@@ -99,18 +168,16 @@ def wrap_text(text: str, font: Font, width: int, max_lines: int = _MAX_CAPTION_L
             current = ""
         else:
             # A single word wider than the line: break it after the last character that fits.
-            cut = len(word)
-            while cut > 1 and font.getlength(word[:cut]) > width:
-                cut -= 1
+            cut = _fitting_length(word, font, width)
             lines.append(word[:cut])
             words[index] = word[cut:]
     if current and len(lines) < max_lines:
         lines.append(current)
         current = ""
-    overflow = index < len(words) or bool(current)
+    overflow = cut_off or index < len(words) or bool(current)
     if overflow and lines:
         rest = " ".join([lines[-1], current, *words[index:]]).strip()
-        lines[-1] = _fit(rest, font, width)
+        lines[-1] = _fit(rest, font, width, overflow=cut_off)
     return lines
 
 
@@ -201,7 +268,7 @@ def strip(
         raise ValueError(f"got {len(labels)} labels for {n_frames} frames")
     width = _row_width(images[0], pad)
     font = font_for(height)
-    label_lines = [[_fit(_drawable(text, font), font, frame_width)] for text in labels or []]
+    label_lines = [[_label(text, font, frame_width)] for text in labels or []]
     caption_lines = wrap_text(caption, font, width - 2 * pad) if caption else []
     gap = max(pad, 2)
     label_height = (_line_height(font) + gap) if labels else 0

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from training_helpers import write_tiny_prepared
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -65,3 +66,43 @@ def shapes_dataset(prepared_shapes_root, isolated_cache) -> Path:
             destination.parent.mkdir(parents=True, exist_ok=True)
             destination.symlink_to(path)
     return target
+
+
+@pytest.fixture(scope="session")
+def inception_weights(tmp_path_factory) -> Path:
+    """A random Inception-v3 weights file with exactly torch-fidelity's keys and shapes,
+    scaled (Kaiming init) so its features and logits are far from zero: offline evaluation."""
+    import io
+
+    import torch
+    from torch import nn
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class RandomInception(FeatureExtractorInceptionV3):
+        """torch-fidelity's network class, left with its random initialisation."""
+
+        def load_state_dict(self, state_dict, strict=True, assign=False):
+            return None
+
+    empty = io.BytesIO()
+    torch.save({}, empty)
+    empty.seek(0)
+    torch.manual_seed(0)
+    net = RandomInception("inception-v3-compat", ["2048"], feature_extractor_weights_path=empty)
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    nn.init.normal_(net.fc.weight, std=0.05)
+    path = tmp_path_factory.mktemp("inception") / "rand.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def tiny_dataset(isolated_cache) -> str:
+    """The name of a tiny prepared dataset (16 train / 4 test random images, 16-d embeddings)
+    in this test's cache."""
+    from stackgan_cli import paths
+
+    write_tiny_prepared(paths.prepared_dir("tiny"))
+    return "tiny"

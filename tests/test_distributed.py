@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_training import TINY, load, run_cli, train_args, write_tiny_prepared
+from training_helpers import TINY, load, run_cli, train_args, write_tiny_prepared
 
 from stackgan_cli import paths
 

@@ -4,7 +4,6 @@ and a randomly initialised Inception-v3 with torch-fidelity's exact architecture
 A socket guard fails any test that tries to reach anything but 127.0.0.1.
 """
 
-import io
 import json
 import math
 import shutil
@@ -13,10 +12,7 @@ import socket
 import pytest
 import torch
 from torch import nn
-from torch_fidelity.feature_extractor_inceptionv3 import (
-    URL_INCEPTION_V3,
-    FeatureExtractorInceptionV3,
-)
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from typer.testing import CliRunner
 
 from stackgan_cli import paths
@@ -77,31 +73,6 @@ def test_network_guard_blocks_outside_connections(no_network):
         socket.getaddrinfo("github.com", 443)
     assert len(no_network) == 2
     no_network.clear()  # these two attempts were the point of this test
-
-
-class _RandomInception(FeatureExtractorInceptionV3):
-    """torch-fidelity's network class, left with its random initialisation."""
-
-    def load_state_dict(self, state_dict, strict=True, assign=False):
-        return None
-
-
-@pytest.fixture(scope="session")
-def inception_weights(tmp_path_factory):
-    """A random Inception-v3 weights file with exactly torch-fidelity's keys and shapes,
-    scaled (Kaiming init) so its features and logits are far from zero."""
-    empty = io.BytesIO()
-    torch.save({}, empty)
-    empty.seek(0)
-    torch.manual_seed(0)
-    net = _RandomInception("inception-v3-compat", ["2048"], feature_extractor_weights_path=empty)
-    for module in net.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    nn.init.normal_(net.fc.weight, std=0.05)
-    path = tmp_path_factory.mktemp("inception") / "rand.pth"
-    torch.save(net.state_dict(), path)
-    return path
 
 
 def _generator_file(path, stage=1):
@@ -298,6 +269,15 @@ def test_no_generator_anywhere():
 
 
 def test_bad_option_combinations(tmp_path):
-    assert _invoke("evaluate", "--resolution", 128, "--real")[0].exit_code == 2
-    assert _invoke("evaluate", "--resolution", 64)[0].exit_code == 2
-    assert _invoke("evaluate", "--num-samples", 5, "--splits", 6)[0].exit_code == 2
+    cases = [
+        (["--resolution", 128, "--real"], ["--resolution", "64 or 256"]),
+        (["--resolution", 64], ["--resolution", "--real"]),
+        (["--num-samples", 5, "--splits", 6], ["--splits", "exceed", "--num-samples"]),
+    ]
+    for args, named in cases:
+        result, text = _invoke("evaluate", *args)
+        assert result.exit_code == 2, text
+        message = " ".join(text.replace("│", " ").split())  # rich's box and wrapping undone
+        assert "No such option" not in message
+        for part in named:
+            assert part in message, (args, message)

@@ -91,6 +91,14 @@ def _one_error_line(result) -> str:
     return lines[0]
 
 
+def _usage_error(result) -> str:
+    """The message of a usage error (exit code 2), with rich's box and line wrapping undone."""
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.stderr.replace("│", " ").split())
+    assert "No such option" not in message  # a misspelt option exits with 2 as well
+    return message
+
+
 def test_grid_and_one_file_per_image(files, tmp_path):
     out = tmp_path / "out"
     result = _ok("a red circle", "a blue square", "-n", 3, "--ckpt", files / "s1.pt", "--out", out)
@@ -147,7 +155,8 @@ def test_without_seed_the_seed_is_printed(files, tmp_path):
 @pytest.mark.parametrize("n", ["0", "257", "-1"])
 def test_sample_count_out_of_range_is_a_usage_error(files, tmp_path, n):
     result = _run("a red circle", "-n", n, "--ckpt", files / "s1.pt", "--out", tmp_path)
-    assert result.exit_code == 2
+    message = _usage_error(result)
+    assert "Invalid value for '-n' / '--num-samples'" in message
     assert not list(tmp_path.iterdir())
 
 
@@ -166,7 +175,7 @@ def test_long_prompt_is_truncated_with_warning(files, tmp_path):
 
 
 def test_no_prompt_is_a_usage_error(files):
-    assert _run("--ckpt", files / "s1.pt").exit_code == 2
+    assert "give at least one prompt" in _usage_error(_run("--ckpt", files / "s1.pt"))
 
 
 def test_missing_ckpt_is_one_line_error(tmp_path):
@@ -271,9 +280,10 @@ def test_stage_options_that_do_not_fit_the_file(files, tmp_path):
     result = _run("a red circle", "--ckpt", files / "s1.pt", "--show-stages", "--out", tmp_path)
     assert result.exit_code == 1
     assert "--show-stages" in _one_error_line(result)
-    result = _run("x", "--ckpt", files / "s2.pt", "--stage", 1, "--show-stages")
-    assert result.exit_code == 2
-    assert _run("x", "--ckpt", files / "s2.pt", "--stage", 3).exit_code == 2
+    message = _usage_error(_run("x", "--ckpt", files / "s2.pt", "--stage", 1, "--show-stages"))
+    assert "--show-stages" in message and "--stage 1" in message
+    message = _usage_error(_run("x", "--ckpt", files / "s2.pt", "--stage", 3))
+    assert "Invalid value for '--stage'" in message
 
 
 def test_interpolation_strip(files, tmp_path):
@@ -301,8 +311,35 @@ def test_interpolation_between_embedding_rows(files, tmp_path):
         "--interpolate", "0", "2", "--steps", 3, "-n", 2, "--out", out)  # fmt: skip
     assert (out / "interpolation.png").is_file()
     assert (out / "grid.png").is_file()
-    assert _run("--ckpt", files / "netG_epoch_5.pth", "--embedding-file", files / "emb.npy",
-                "--interpolate", "0", "9").exit_code == 1  # fmt: skip
-    assert (
-        _run("x", "--interpolate", "a", "b", "--steps", 1, "--ckpt", files / "s1.pt").exit_code == 2
-    )
+    result = _run("--ckpt", files / "netG_epoch_5.pth", "--embedding-file", files / "emb.npy",
+                  "--interpolate", "0", "9")  # fmt: skip
+    assert result.exit_code == 1
+    assert "--interpolate: row 9 is past the embedding file's 3 rows" in _one_error_line(result)
+    result = _run("x", "--interpolate", "a", "b", "--steps", 1, "--ckpt", files / "s1.pt")
+    assert "Invalid value for '--steps'" in _usage_error(result)
+
+
+def test_out_that_cannot_be_a_folder_is_one_line_error(files, tmp_path):
+    afile = tmp_path / "taken.png"
+    afile.write_bytes(b"not a folder")
+    for out in (afile, afile / "below"):
+        result = _run("a red circle", "-n", 1, "--ckpt", files / "s1.pt", "--out", out)
+        assert result.exit_code == 1, result.output
+        assert isinstance(result.exception, SystemExit), result.exception  # not a crash
+        line = " ".join(_one_error_line(result).split())
+        assert "--out" in line and str(out) in line and "not a folder" in line
+        assert afile.read_bytes() == b"not a folder"
+    link = tmp_path / "dangling"
+    link.symlink_to(tmp_path / "nowhere")
+    result = _run("a red circle", "-n", 1, "--ckpt", files / "s1.pt", "--out", link)
+    assert result.exit_code == 1 and "--out" in _one_error_line(result)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_out_in_an_unwritable_folder_is_one_line_error(files, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    result = _run("a red circle", "-n", 1, "--ckpt", files / "s1.pt", "--out", locked / "o")
+    assert result.exit_code == 1, result.output
+    line = _one_error_line(result)
+    assert "--out" in line and "not writable" in line

@@ -156,8 +156,8 @@ def test_load_errors(tmp_path):
 
     payload = torch.load(good, weights_only=True)
     future = tmp_path / "future.pt"
-    torch.save({**payload, "format_version": 2}, future)
-    with pytest.raises(StackGANError, match="format version 2"):
+    torch.save({**payload, "format_version": 3}, future)  # 2 holds StackGAN-v2 generators
+    with pytest.raises(StackGANError, match="format version 3"):
         load_generator_file(future)
 
     mismatched = tmp_path / "mismatched.pt"

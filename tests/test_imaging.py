@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFont
 
 from stackgan_cli.imaging import (
     captioned_grid,
@@ -76,8 +76,25 @@ def test_wrap_text_fits_width_and_ellipsises():
 
 
 def test_unicode_captions_render():
-    grid = captioned_grid([_solid(1, 64, 0.0)], ["café ünïcødé 中文 — bird"])
-    assert grid.width == 68
+    font = font_for(64)  # the font captioned_grid uses beneath 64 px images
+    missing = bytes(font.getmask("\ue000"))  # a private-use code point: in no font
+
+    def band(caption: str) -> np.ndarray:
+        """The caption band beneath one white 64 px image (2 px padding)."""
+        return np.asarray(captioned_grid([_solid(1, 64, 1.0)], [caption]))[66:]
+
+    box = band("caf\ue000")  # the missing-glyph box where the accented letter goes
+    for accented, base in [("é", "e"), ("ü", "u"), ("ï", "i"), ("ç", "c"), ("ñ", "n")]:
+        drawn = band(f"caf{accented}")
+        assert (drawn < 128).any(), accented
+        assert not np.array_equal(drawn, box), accented
+        if bytes(font.getmask(accented)) != missing:  # the font has it: drawn, accent and all
+            assert not np.array_equal(drawn, band(f"caf{base}")), accented
+        else:  # it lacks it: the base letter stands in
+            assert np.array_equal(drawn, band(f"caf{base}")), accented
+    # Every word of a mixed caption leaves ink: more than its last word alone.
+    whole, last = band("café ünïcødé 中文 — bird"), band("bird")
+    assert (whole < 128).sum() > 2 * (last < 128).sum()
 
 
 def test_strip_layout_with_labels_and_caption():
@@ -103,3 +120,59 @@ def test_save_png_is_atomic_and_readable(tmp_path):
     save_png(to_uint8(_solid(1, 16, 1.0))[0], tmp_path / "one.png")
     assert np.asarray(Image.open(tmp_path / "one.png")).min() == 255
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["grid.png", "one.png", "sub"]
+
+
+class _CountingFont(ImageFont.FreeTypeFont):
+    """A real font that counts its ``getlength`` calls and the characters they measure, and
+    fails as soon as they measure more than ``limit`` characters (so that a quadratic wrap
+    fails fast instead of running for minutes)."""
+
+    def __init__(self, font: ImageFont.FreeTypeFont, limit: int = 200_000) -> None:
+        self.__dict__.update(font.__dict__)
+        self.calls = 0
+        self.measured = 0
+        self.limit = limit
+
+    def getlength(self, text, *args, **kwargs):
+        self.calls += 1
+        self.measured += len(text)
+        if self.measured > self.limit:
+            raise AssertionError(f"measured {self.measured} characters in {self.calls} calls")
+        return super().getlength(text, *args, **kwargs)
+
+
+class _ZeroWidthSpaceFont(_CountingFont):
+    """A counting font in which U+200B (zero width space) has no width, as in many fonts."""
+
+    def getlength(self, text, *args, **kwargs):
+        return super().getlength(text.replace("\u200b", ""), *args, **kwargs)
+
+
+def _counted_wrap(text: str, width: int) -> tuple[list[str], _CountingFont]:
+    font = _CountingFont(font_for(64))
+    return wrap_text(text, font, width), font
+
+
+def test_wrap_text_cost_does_not_grow_with_the_caption():
+    lines, small = _counted_wrap("a red circle " * 80, 530)  # 1 KB
+    huge_lines, huge = _counted_wrap("a red circle " * 80_000, 530)  # 1 MB
+    assert huge_lines == lines
+    assert len(lines) == 3 and lines[-1].endswith("...")
+    assert huge.calls <= small.calls + 4
+    assert huge.measured <= 2 * small.measured
+    # One word longer than everything that can be shown is broken the same way.
+    broken, small = _counted_wrap("x" * 1_000, 100)
+    huge_broken, huge = _counted_wrap("x" * 10**6, 100)
+    assert huge_broken == broken
+    assert broken[-1].endswith("...")
+    assert huge.calls <= small.calls + 4
+
+
+def test_wrap_text_bounds_zero_width_characters():
+    plain, plain_font = _counted_wrap("a red circle " * 80, 530)
+    font = _ZeroWidthSpaceFont(font_for(64))
+    lines = wrap_text("a" + "\u200b" * 10**6 + " red circle a" * 80_000, font, 530)
+    assert [line.replace("\u200b", "") for line in lines] == plain
+    assert 0 < "".join(lines).count("\u200b") <= 30
+    assert font.calls <= plain_font.calls + 4
+    assert font.measured <= 2 * plain_font.measured

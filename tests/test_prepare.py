@@ -227,10 +227,10 @@ def test_load_prepared_errors(tmp_path, shapes_dataset):
 
     metadata = json.loads((copy / "metadata.json").read_text())
     (copy / "metadata.json").write_text(json.dumps({**metadata, "format_version": 99}))
-    with pytest.raises(StackGANError, match="format 99"):
+    with pytest.raises(StackGANError, match="format version 99.*prepare shapes --force"):
         load_prepared(copy)
     (copy / "metadata.json").write_text("{not json")
-    with pytest.raises(StackGANError, match="is damaged"):
+    with pytest.raises(StackGANError, match="is damaged.*stackgan prepare .* --force"):
         load_prepared(copy)
 
 
@@ -250,12 +250,12 @@ def test_shapes_fixture_has_a_working_text_encoder(shapes_dataset):
 def test_summary_shows_counts_and_text_encoder_scores(shapes_dataset):
     from rich.console import Console
 
-    from stackgan_cli.commands.prepare import _summary
     from stackgan_cli.data.prepare import PrepareResult
+    from stackgan_cli.reports import prepare_summary
 
     dataset = load_prepared("shapes")
     console = Console(record=True, width=120)
-    for renderable in _summary(PrepareResult(dataset.root, dataset.metadata, False, 1.5)):
+    for renderable in prepare_summary(PrepareResult(dataset.root, dataset.metadata, False, 1.5)):
         console.print(renderable)
     text = console.export_text()
     assert "train" in text and "60" in text and "600" in text and "prepared in 1.5 s" in text
@@ -379,3 +379,70 @@ def test_prepare_cub_mini_from_repacked_archives(shared_data, tmp_path):
     record = dataset.metadata["inputs"]["CUB_200_2011.tgz"]
     assert record["md5"] == _md5(tgz) and record["verified"] is False
     assert (paths.raw_dir("cub") / "CUB_200_2011" / "images.txt").is_file()
+
+
+def _copy_prepared(source: Path, target: Path) -> Path:
+    """A copy of a prepared dataset folder with real files (the fixture's are links into the
+    session's shared read-only copy)."""
+    for path in sorted(source.rglob("*")):
+        destination = target / path.relative_to(source)
+        if path.is_dir():
+            destination.mkdir(parents=True, exist_ok=True)
+        else:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(path.read_bytes())
+    return target
+
+
+def _one_error_line(result) -> str:
+    """The single line a clean ``StackGANError`` exit leaves on stderr."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # not a crash
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_train_on_a_truncated_images_file_is_one_line(tmp_path, shapes_dataset):
+    copy = _copy_prepared(shapes_dataset, tmp_path / "copy")
+    images = copy / "train" / "images_76.npy"
+    size = images.stat().st_size
+    os.truncate(images, size // 2)
+    result = _invoke(
+        "train", "--stage", 1, "--dataset", copy, "--epochs", 1, "--batch-size", 8,
+        "--gf-dim", 8, "--df-dim", 8,
+    )  # fmt: skip
+    line = _one_error_line(result)
+    assert f"{images} is damaged" in line
+    assert f"{size // 2:,} bytes" in line and f"{size:,}" in line
+    assert "stackgan prepare shapes --force" in line
+
+
+def test_load_prepared_checks_array_headers_against_the_metadata(tmp_path, shapes_dataset):
+    copy = _copy_prepared(shapes_dataset, tmp_path / "copy")
+    metadata = json.loads((copy / "metadata.json").read_text())
+    count = metadata["splits"]["test"]["images"]
+    images = copy / "test" / "images_304.npy"
+    original = images.read_bytes()
+    np.save(images, np.load(images)[:-1])  # a whole, readable array with one image too few
+    with pytest.raises(StackGANError) as error:
+        load_prepared(copy)
+    message = str(error.value)
+    assert f"{images} is damaged" in message
+    assert f"shape ({count - 1}, 304, 304, 3)" in message and f"({count}, 304, 304, 3)" in message
+    assert message.endswith("re-run `stackgan prepare shapes --force`")
+    assert "\n" not in message
+
+    images.write_bytes(original)
+    embeddings = copy / "test" / "embeddings.npy"
+    np.save(embeddings, np.load(embeddings).astype(np.float64))
+    with pytest.raises(StackGANError, match=r"embeddings\.npy is damaged \(dtype float64"):
+        load_prepared(copy)
+    embeddings.write_bytes(b"not an array at all")
+    with pytest.raises(StackGANError, match=r"embeddings\.npy is damaged \(not a \.npy file"):
+        load_prepared(copy)
+    embeddings.unlink()
+    embeddings.mkdir()
+    with pytest.raises(StackGANError, match=r"embeddings\.npy is missing"):
+        load_prepared(copy)

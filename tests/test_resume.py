@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training import TINY, load, run_cli, train_args
+from training_helpers import TINY, load, run_cli, train_args
 
 from stackgan_cli import paths
 from stackgan_cli.training.checkpoint import save_checkpoint
@@ -18,24 +18,26 @@ from stackgan_cli.training.checkpoint import save_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def tiny_dataset():
-    from test_training import write_tiny_prepared
-
-    write_tiny_prepared(paths.prepared_dir("tiny"))
-    return "tiny"
-
-
 def assert_same_state(a: dict, b: dict) -> None:
     """Bit-identical networks and optimizer states."""
-    for part in ("generator", "discriminator"):
-        assert a[part].keys() == b[part].keys()
-        for key in a[part]:
-            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
-    for part in ("optimizer_g", "optimizer_d"):
-        for index, state in a[part]["state"].items():
+    networks = [("generator", a["generator"], b["generator"])]
+    networks += [
+        ("discriminator", d_a, d_b)
+        for d_a, d_b in zip(a["discriminators"], b["discriminators"], strict=True)
+    ]
+    for part, net_a, net_b in networks:
+        assert net_a.keys() == net_b.keys()
+        for key in net_a:
+            assert torch.equal(net_a[key], net_b[key]), f"{part}.{key}"
+    optimizers = [("optimizer_g", a["optimizer_g"], b["optimizer_g"])]
+    optimizers += [
+        ("optimizer_d", o_a, o_b)
+        for o_a, o_b in zip(a["optimizers_d"], b["optimizers_d"], strict=True)
+    ]
+    for part, opt_a, opt_b in optimizers:
+        for index, state in opt_a["state"].items():
             for key, value in state.items():
-                assert torch.equal(value, b[part]["state"][index][key]), f"{part}.{index}.{key}"
+                assert torch.equal(value, opt_b["state"][index][key]), f"{part}.{index}.{key}"
     assert a["global_step"] == b["global_step"]
 
 
@@ -50,21 +52,27 @@ def test_resume_continues_bit_for_bit(tiny_dataset, tmp_path, monkeypatch):
     assert_same_state(load(straight / "checkpoints/last.pt"), load(halves / "checkpoints/last.pt"))
 
     # A SIGTERM in the middle of epoch 2: the step finishes, last.pt holds the mid-epoch state.
+    from stackgan_cli.training.signals import StopRequest
     from stackgan_cli.training.step import GANStep
 
     calls = {"n": 0}
+    during = []
     original = GANStep.__call__
 
     def signalling(self, real, text):
         calls["n"] += 1
         if calls["n"] == 3:
+            during.append(signal.getsignal(signal.SIGTERM))
             os.kill(os.getpid(), signal.SIGTERM)
         return original(self, real, text)
 
     monkeypatch.setattr(GANStep, "__call__", signalling)
+    before = signal.getsignal(signal.SIGTERM)
     result = run_cli(train_args(stopped, *TINY, epochs=4), code=130)
     assert f"stackgan resume {stopped}" in " ".join(result.output.split())
-    assert signal.getsignal(signal.SIGTERM) is not None  # handlers restored
+    # While training runs, SIGTERM goes to the stop handler; afterwards the one before is back.
+    assert getattr(during[0], "__func__", None) is StopRequest._handle
+    assert signal.getsignal(signal.SIGTERM) == before
     state = load(stopped / "checkpoints/last.pt")
     assert (state["epoch"], state["step"], state["global_step"]) == (1, 1, 3)
     monkeypatch.setattr(GANStep, "__call__", original)
@@ -134,6 +142,7 @@ def test_resume_refusals(tiny_dataset, tmp_path):
     result = run_cli(["resume", str(run), "--epochs", "1"], code=1)
     assert "ends before the point" in result.output and "after epoch 2" in result.output
     result = run_cli(["resume", str(tmp_path / "nothing")], code=1)
+    assert f"{tmp_path / 'nothing'} is not a run directory" in " ".join(result.output.split())
 
     metadata_path = paths.prepared_dir("tiny") / "metadata.json"
     metadata = json.loads(metadata_path.read_text())

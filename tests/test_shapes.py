@@ -114,12 +114,3 @@ def test_stand_in_embedding_is_deterministic_and_tells_words_apart():
     other_everything = cos("a red circle", "one yellow star")
     assert same_words > other_colour > other_everything
     assert cos("a red circle", "a green circle") < 0.8
-
-
-def test_command_constants_match_the_library():
-    """The command module repeats a few values so that ``--help`` needs no numpy or PIL."""
-    from stackgan_cli.commands import prepare as command
-
-    assert command.DEFAULT_SHAPES_IMAGES == shapes.DEFAULT_IMAGES
-    assert command.MIN_SHAPES_IMAGES == shapes.MIN_IMAGES
-    assert f"gets {shapes.TEXT_ENCODER_EPOCHS} epochs" in command.shapes.__doc__

@@ -2,89 +2,16 @@
 
 import json
 import math
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
+from training_helpers import TEXT_DIM, TINY, TINY_CFG, load, run_cli, train_args
 
-from stackgan_cli import paths
-from stackgan_cli.cli import app
-from stackgan_cli.data.prepared import FORMAT_VERSION, SplitWriter, fingerprint, write_metadata
 from stackgan_cli.generator_file import save_generator_file
 from stackgan_cli.models import ModelConfig, Stage2Generator, build_discriminator, build_generator
 from stackgan_cli.training.config import lr_at, resolve_model_dims
 from stackgan_cli.training.loop import STALE_BATCHNORM_SHARE, initial_batchnorm_share
 from stackgan_cli.training.plot import draw_losses
-
-TEXT_DIM = 16
-# Tiny networks and data: 16 training images in batches of 8 -> 2 steps per epoch.
-TINY = ["--gf-dim", "8", "--df-dim", "8", "--z-dim", "8", "--condition-dim", "4"]
-TINY_CFG = ModelConfig(gf_dim=8, df_dim=8, z_dim=8, condition_dim=4, r_num=4, text_dim=TEXT_DIM)
-
-
-def write_tiny_prepared(root: Path, *, train: int = 16, test: int = 4, seed: int = 0) -> Path:
-    """A prepared dataset in the CONTRACT.md format: random images, distinct captions."""
-    rng = np.random.default_rng(seed)
-    digests, splits = {}, {}
-    for split, count in (("train", train), ("test", test)):
-        writer = SplitWriter(root, split, count)
-        for _ in range(count):
-            writer.append([rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for s in (76, 304)])
-        captions = [[f"{split} bird {i} caption {j}" for j in range(10)] for i in range(count)]
-        digests.update(
-            writer.finish(
-                embeddings=rng.standard_normal((count, 10, TEXT_DIM)).astype(np.float32),
-                captions=captions,
-                class_ids=np.arange(count) % 3,
-                filenames=[f"00{i % 3}.class/{split}_{i}" for i in range(count)],
-            )
-        )
-        splits[split] = {"images": count, "classes": 3, "captions": count * 10}
-    metadata = {
-        "format_version": FORMAT_VERSION,
-        "dataset": root.parent.name,
-        "fingerprint": fingerprint(digests),
-        "splits": splits,
-        "text_encoder": None,
-    }
-    write_metadata(root, metadata)
-    return root
-
-
-@pytest.fixture
-def tiny_dataset() -> str:
-    """The name of a tiny prepared dataset in this test's cache."""
-    write_tiny_prepared(paths.prepared_dir("tiny"))
-    return "tiny"
-
-
-def run_cli(args, code=0):
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == code, result.output
-    return result
-
-
-def train_args(run_dir, *extra, stage=1, epochs=2, batch=8, dataset="tiny"):
-    return [
-        "train",
-        "--stage",
-        str(stage),
-        "--dataset",
-        dataset,
-        "--epochs",
-        str(epochs),
-        "--batch-size",
-        str(batch),
-        "--run-dir",
-        str(run_dir),
-        *extra,
-    ]
-
-
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @pytest.mark.slow
@@ -122,7 +49,10 @@ def test_stage1_then_stage2_on_shapes_write_every_file_and_train(shapes_dataset,
     assert last["dataset"]["name"] == "shapes" and len(last["dataset"]["fingerprint"]) == 64
     torch.manual_seed(0)  # the seed the run built its networks with
     initial_g, initial_d = build_generator(1, cfg), build_discriminator(1, cfg)
-    for initial, trained in ((initial_g, last["generator"]), (initial_d, last["discriminator"])):
+    for initial, trained in (
+        (initial_g, last["generator"]),
+        (initial_d, last["discriminators"][0]),
+    ):
         params = dict(initial.named_parameters())
         changed = [k for k in params if not torch.equal(params[k], trained[k])]
         assert len(changed) == len(params), "every parameter should have moved"
@@ -229,14 +159,30 @@ def test_lr_schedule_and_width_resolution():
 
 
 def test_loss_plot_skips_non_finite_values():
-    records = [
+    import numpy as np
+
+    from stackgan_cli.training.plot import SERIES
+
+    finite = [
         {"step": 1, "errD": 1.0, "errG": 2.0, "kl": 0.1},
-        {"step": 2, "errD": float("nan"), "errG": 1.5, "kl": 0.2},
+        {"step": 2, "errG": 1.5, "kl": 0.2},
         {"step": 3, "errD": 0.8, "errG": 1.2, "kl": 0.1},
+        {"step": 4, "errD": 0.7, "kl": 0.3},
     ]
-    image = draw_losses(records, "test")
-    assert image.size == (960, 540)
-    assert draw_losses([]).size == (960, 540)
+    records = [dict(record) for record in finite]
+    records[1]["errD"] = float("nan")
+    records[3]["errG"] = float("inf")
+    image = np.asarray(draw_losses(records, "test"))
+    assert image.shape == (540, 960, 3)
+    # The bad values are left out and nothing else changes: the same picture as without them.
+    assert np.array_equal(image, np.asarray(draw_losses(finite, "test")))
+    # Each series is drawn as a line across the plot, not only named in the legend (top rows).
+    for _, _, colour in SERIES:
+        drawn = (image[60:490, 70:930] == colour).all(axis=-1)
+        assert drawn.any(axis=0).sum() > 400, colour  # spans most of the 860 px wide plot
+    nothing = np.asarray(draw_losses([]))
+    assert nothing.shape == (540, 960, 3)
+    assert np.array_equal(np.asarray(draw_losses([{"step": 1, "errD": float("nan")}])), nothing)
 
 
 @pytest.mark.slow
@@ -314,3 +260,86 @@ def test_initial_batchnorm_share_decays_with_the_steps():
     assert initial_batchnorm_share(generator, 22) == pytest.approx(0.9**22)
     assert initial_batchnorm_share(generator, 50) < STALE_BATCHNORM_SHARE
     assert initial_batchnorm_share(torch.nn.Linear(2, 2), 1) == 0.0
+
+
+HOLD_LOCK = """
+import sys
+from pathlib import Path
+from stackgan_cli.fsutil import exclusive_lock
+with exclusive_lock(Path(sys.argv[1]), "busy"):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def hold_lock(path):
+    """A separate process holding the lock file ``path`` until its stdin closes."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_run_directory_has_one_owner(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    holder = hold_lock(run / ".lock")
+    try:
+        result = run_cli(train_args(run, *TINY, epochs=1), code=1)
+        message = " ".join(result.output.split())
+        assert "is in use by another stackgan train or resume" in message
+        assert f"process {holder.pid}" in message
+        assert "Traceback" not in result.output
+        assert not (run / "config.json").exists()  # the second process wrote nothing
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    # The holder is gone: its lock is taken over.
+    run_cli(train_args(run, *TINY, epochs=1))
+    assert (run / "checkpoints" / "last.pt").is_file()
+
+    holder = hold_lock(run / ".lock")
+    try:
+        result = run_cli(["resume", str(run), "--epochs", "2"], code=1)
+        assert f"process {holder.pid}" in " ".join(result.output.split())
+        assert load(run / "checkpoints" / "last.pt")["epoch"] == 1  # untouched
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(
+    tiny_dataset, tmp_path, monkeypatch
+):
+    import errno
+
+    from stackgan_cli.training import checkpoint
+
+    real_save = checkpoint.atomic_torch_save
+    calls = {"n": 0}
+
+    def fills_the_disk(obj, path):
+        calls["n"] += 1
+        if calls["n"] > 1:  # the first epoch's last.pt is written, the second's is not
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, path)
+
+    monkeypatch.setattr(checkpoint, "atomic_torch_save", fills_the_disk)
+    run = tmp_path / "run"
+    result = run_cli(train_args(run, *TINY, "--snapshot-every", "50", epochs=3), code=1)
+    assert "Traceback" not in result.output
+    error = [line for line in result.output.splitlines() if "error:" in line]
+    message = " ".join(result.output[result.output.index("error:") :].split())
+    assert len(error) == 1
+    assert "writing the checkpoint failed (No space left on device)" in message
+    assert (
+        "the last good checkpoint, " in message and "last.pt (after epoch 1), is intact" in message
+    )
+    assert f"stackgan resume {run}" in message
+    assert load(run / "checkpoints" / "last.pt")["epoch"] == 1

@@ -7,18 +7,12 @@ from typing import Annotated
 
 import typer
 
-from stackgan_cli.commands.choices import Device
+from stackgan_cli.commands.options import CkptOption, DeviceOption, SeedOption, SizeOption
+from stackgan_cli.devices import Device
 
 
 def evaluate(
-    ckpt: Annotated[
-        Path | None,
-        typer.Option(
-            help="Generator file (or official netG .pth). Default: the newest "
-            "runs/*/generator.pt in the cache.",
-            dir_okay=False,
-        ),
-    ] = None,
+    ckpt: CkptOption = None,
     inception: Annotated[
         bool, typer.Option("--inception", help="Compute the Inception Score.")
     ] = False,
@@ -58,12 +52,11 @@ def evaluate(
     resolution: Annotated[
         int | None,
         typer.Option(
-            help="With --real: 64 or 256 (default: the --ckpt's resolution, else 64).",
+            help="With --real: 64 or 256 (default: the --ckpt's largest size, else 64).",
         ),
     ] = None,
-    seed: Annotated[
-        int, typer.Option(min=0, max=2**32 - 2, help="Seed of the noise and of the IS shuffle.")
-    ] = 0,
+    size: SizeOption = None,
+    seed: SeedOption = 0,
     diversity: Annotated[
         bool,
         typer.Option(
@@ -71,7 +64,7 @@ def evaluate(
             help="Mode-collapse check: feature distance among 8 samples of each of 10 captions.",
         ),
     ] = True,
-    device: Annotated[Device, typer.Option(help="auto picks CUDA when present.")] = Device.auto,
+    device: DeviceOption = Device.auto,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -88,24 +81,15 @@ def evaluate(
         stackgan evaluate --ckpt s1.pt --num-samples 2000
 
         stackgan evaluate --real --dataset cub
-    """
-    if resolution is not None and resolution not in (64, 256):
-        raise typer.BadParameter("must be 64 or 256", param_hint="--resolution")
-    if resolution is not None and not real:
-        raise typer.BadParameter("only applies with --real", param_hint="--resolution")
-    if not real and splits > num_samples:
-        raise typer.BadParameter(
-            f"cannot exceed --num-samples {num_samples}", param_hint="--splits"
-        )
 
-    from stackgan_cli.errors import StackGANError
-    from stackgan_cli.evaluation.report import print_report, write_report
-    from stackgan_cli.evaluation.runner import (
-        EvalOptions,
-        default_out_path,
-        evaluate_generator,
-        evaluate_real,
-    )
+        stackgan evaluate --ckpt netG_210000.pth --dataset cub --size 128
+
+    Real images at 128 px (StackGAN-v2's middle branch) are the 256 px centre crop of the
+    stored 304 px images, shrunk to 128.
+    """
+    from stackgan_cli.evaluation.report import save_report
+    from stackgan_cli.evaluation.runner import EvalOptions, evaluate
+    from stackgan_cli.reports import print_evaluation
 
     both = not inception and not fid
     options = EvalOptions(
@@ -119,14 +103,10 @@ def evaluate(
         inception_weights=inception_weights,
         real=real,
         resolution=resolution,
+        size=size,
         seed=seed,
         diversity=diversity,
         device=device.value,
     )
-    result = evaluate_real(options) if real else evaluate_generator(options)
-    path = out if out is not None else default_out_path(result)
-    try:
-        write_report(path, result)
-    except OSError as exc:
-        raise StackGANError(f"cannot write the report {path} ({exc}); pass --out FILE") from None
-    print_report(result, path)
+    result = evaluate(options)
+    print_evaluation(result, save_report(result, out))

@@ -7,10 +7,15 @@ from typing import Annotated
 
 import typer
 
-from stackgan_cli.commands.choices import Device
-
-MAX_SAMPLES = 256  # keep in step with stackgan_cli.generate.MAX_SAMPLES (not imported: torch)
-MAX_STEPS = 64
+from stackgan_cli.commands.options import (
+    CkptOption,
+    DeviceOption,
+    SeedOption,
+    SizeOption,
+    TextEncoderOption,
+)
+from stackgan_cli.devices import Device
+from stackgan_cli.limits import MAX_SAMPLES, MAX_STEPS
 
 
 def generate(
@@ -33,16 +38,7 @@ def generate(
             help=f"Images per prompt (1 to {MAX_SAMPLES}).",
         ),
     ] = 8,
-    ckpt: Annotated[
-        Path | None,
-        typer.Option(
-            "--ckpt",
-            metavar="FILE",
-            help="Generator file (from `stackgan train`) or official netG_epoch_*.pth state "
-            "dict. Default: the newest runs/*/generator.pt in the cache.",
-            show_default=False,
-        ),
-    ] = None,
+    ckpt: CkptOption = None,
     stage: Annotated[
         int | None,
         typer.Option(
@@ -58,19 +54,12 @@ def generate(
         bool,
         typer.Option(
             "--show-stages",
-            help="Stage-II files: put each 64x64 sketch (enlarged) beside its 256x256 result.",
+            help="Stage-II files: put each 64x64 sketch (enlarged) beside its 256x256 result; "
+            "StackGAN-v2 files: every branch up to --size side by side.",
         ),
     ] = False,
-    seed: Annotated[
-        int | None,
-        typer.Option(
-            "--seed",
-            min=0,
-            help="Fixes the noise and the conditioning noise: same seed, same images. Default: "
-            "a random seed, printed.",
-            show_default=False,
-        ),
-    ] = None,
+    size: SizeOption = None,
+    seed: SeedOption = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -87,7 +76,7 @@ def generate(
             "--embedding-file",
             metavar="F.npy",
             help="Precomputed text embeddings, shape (P, text_dim) or (text_dim,): each row is "
-            "a prompt (needed for official state dicts, which carry no text encoder).",
+            "a prompt (official state dicts carry no text encoder: this or --text-encoder).",
             show_default=False,
         ),
     ] = None,
@@ -104,12 +93,14 @@ def generate(
     steps: Annotated[
         int,
         typer.Option(
-            "--steps", min=2, max=MAX_STEPS, help="Frames per interpolation strip (2 to 64)."
+            "--steps",
+            min=2,
+            max=MAX_STEPS,
+            help=f"Frames per interpolation strip (2 to {MAX_STEPS}).",
         ),
     ] = 8,
-    device: Annotated[
-        Device, typer.Option("--device", help="Where to run: auto picks CUDA when available.")
-    ] = Device.auto,
+    text_encoder: TextEncoderOption = None,
+    device: DeviceOption = Device.auto,
 ) -> None:
     """Generate images from text with a trained generator.
 
@@ -126,12 +117,16 @@ def generate(
       stackgan generate --interpolate "a red circle" "a blue circle" --steps 8 --seed 1
 
       stackgan generate --ckpt netG_epoch_600.pth --embedding-file emb.npy "caption of row 0"
+
+      stackgan generate "a small red bird" --ckpt netG_210000.pth --text-encoder cub -n 8
     """
     from stackgan_cli import generate as generation
     from stackgan_cli.console import out as console
 
     if stage == 1 and show_stages:
         raise typer.BadParameter("--show-stages shows both stages; drop --stage 1")
+    if size is not None and size not in (64, 128, 256):
+        raise typer.BadParameter("must be 64, 128 or 256", param_hint="--size")
     if not texts and embedding_file is None and interpolate is None:
         raise typer.BadParameter(
             "give at least one prompt (or --embedding-file, or --interpolate A B)",
@@ -150,6 +145,8 @@ def generate(
         interpolate_between=interpolate,
         steps=steps,
         device=device.value,
+        size=size,
+        text_encoder=text_encoder,
     )
     if result.grid is not None:
         count = sum(len(row) for row in result.images) + sum(len(row) for row in result.sketches)

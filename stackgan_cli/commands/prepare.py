@@ -3,39 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
+
+from stackgan_cli.commands.options import ForceOption, NoTextEncoderOption, WorkersOption
+from stackgan_cli.data import shapes as shapes_data
 
 app = typer.Typer(
     help="Download (or generate) a dataset and prepare it for training.",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
-
-DEFAULT_SHAPES_IMAGES = 1000  # kept equal to stackgan_cli.data.shapes.DEFAULT_IMAGES
-MIN_SHAPES_IMAGES = 24  # one per (colour, shape) class; stackgan_cli.data.shapes.MIN_IMAGES
-
-Force = Annotated[
-    bool, typer.Option("--force", help="Prepare again even if the dataset is already prepared.")
-]
-Workers = Annotated[
-    int | None,
-    typer.Option(
-        "--workers",
-        min=0,
-        help="Processes that crop and resize images (0 or 1: in this process). "
-        "Default: the CPU cores, at most 4.",
-        show_default=False,
-    ),
-]
-NoTextEncoder = Annotated[
-    bool,
-    typer.Option(
-        "--no-text-encoder",
-        help="Skip training the text encoder, which maps free text to caption embeddings.",
-    ),
-]
 
 
 @app.command("cub")
@@ -68,9 +47,9 @@ def cub(
             "partial), after a warning.",
         ),
     ] = False,
-    force: Force = False,
-    workers: Workers = None,
-    no_text_encoder: NoTextEncoder = False,
+    force: ForceOption = False,
+    workers: WorkersOption = None,
+    no_text_encoder: NoTextEncoderOption = False,
 ) -> None:
     """Prepare CUB-200-2011 birds with StackGAN's captions, split and embeddings.
 
@@ -85,6 +64,7 @@ def cub(
         stackgan prepare cub --source-dir ~/datasets/cub --workers 4
     """
     from stackgan_cli.data.prepare import prepare_cub
+    from stackgan_cli.reports import print_prepare
 
     result = prepare_cub(
         source_dir=source_dir,
@@ -94,7 +74,7 @@ def cub(
         workers=workers,
         text_encoder=not no_text_encoder,
     )
-    _report(result, "cub", "")
+    print_prepare(result, "cub")
 
 
 @app.command("shapes")
@@ -103,21 +83,21 @@ def shapes(
         int,
         typer.Option(
             "--images",
-            min=MIN_SHAPES_IMAGES,
-            help=f"Number of images to draw (at least {MIN_SHAPES_IMAGES}, one per class).",
+            min=shapes_data.MIN_IMAGES,
+            help=f"Number of images to draw (at least {shapes_data.MIN_IMAGES}, one per class).",
         ),
-    ] = DEFAULT_SHAPES_IMAGES,
+    ] = shapes_data.DEFAULT_IMAGES,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same dataset.")] = 0,
-    force: Force = False,
-    workers: Workers = None,
-    no_text_encoder: NoTextEncoder = False,
+    force: ForceOption = False,
+    workers: WorkersOption = None,
+    no_text_encoder: NoTextEncoderOption = False,
 ) -> None:
     """Generate and prepare the synthetic shapes dataset (offline, seconds).
 
     Coloured circles, squares, triangles and stars on muted backgrounds, with 10 captions per
     image naming colour and shape and stand-in text embeddings, in CUB's layout. Test classes
-    are colour/shape combinations never seen in training. The text encoder gets 3 epochs.
-    Running it again does nothing unless --force.
+    are colour/shape combinations never seen in training. The text encoder trains for a few
+    epochs. Running it again does nothing unless --force.
 
     Examples:
 
@@ -126,6 +106,7 @@ def shapes(
         stackgan prepare shapes --images 5000 --seed 1 --force
     """
     from stackgan_cli.data.prepare import prepare_shapes
+    from stackgan_cli.reports import print_prepare
 
     result = prepare_shapes(
         images=images,
@@ -134,68 +115,4 @@ def shapes(
         workers=workers,
         text_encoder=not no_text_encoder,
     )
-    requested = {"images": images, "seed": seed}
-    stored = result.metadata.get("inputs", {}).get("shapes", {})
-    note = ""
-    if result.already_prepared and any(stored.get(k) != v for k, v in requested.items()):
-        note = (
-            f" It was drawn with --images {stored.get('images')} --seed {stored.get('seed')}; "
-            f"add --force to redraw it with --images {images} --seed {seed}."
-        )
-    _report(result, "shapes", note)
-
-
-def _report(result: Any, name: str, note: str) -> None:
-    """The one-line no-op notice, or the summary tables of a finished prepare."""
-    from stackgan_cli.console import info, out
-
-    if result.already_prepared:
-        info(
-            f"{name} is already prepared at {result.root} (use --force to prepare it again)." + note
-        )
-        return
-    for renderable in _summary(result):
-        out.print(renderable)
-
-
-def _summary(result: Any) -> list:
-    """Counts per split, disk size and time; the text encoder's scores against baselines."""
-    from rich.table import Table
-
-    metadata = result.metadata
-    table = Table(title=f"Prepared {metadata['dataset']}", title_justify="left")
-    for column in ("split", "images", "classes", "captions"):
-        table.add_column(column, justify="left" if column == "split" else "right")
-    for split, counts in metadata["splits"].items():
-        table.add_row(
-            split, f"{counts['images']:,}", f"{counts['classes']:,}", f"{counts['captions']:,}"
-        )
-    renderables: list = [
-        table,
-        f"{_size(metadata['bytes'])} in {result.root}, prepared in {result.seconds:.1f} s",
-    ]
-
-    report = metadata.get("text_encoder")
-    encoder = Table(title="Text encoder (mean cosine to the test embeddings)", title_justify="left")
-    encoder.add_column("predictor")
-    encoder.add_column("cosine", justify="right")
-    if report:
-        encoder.add_row("[bold]trained text encoder[/]", f"[bold]{report['test_cosine']:.3f}[/]")
-        encoder.add_row(
-            "baseline: mean embedding", f"{report['baseline_mean_embedding_cosine']:.3f}"
-        )
-        encoder.add_row(
-            "baseline: nearest caption", f"{report['baseline_nearest_caption_cosine']:.3f}"
-        )
-        renderables.append(encoder)
-    else:
-        renderables.append("Text encoder: not trained (--no-text-encoder).")
-    return renderables
-
-
-def _size(num_bytes: float) -> str:
-    for unit in ("B", "KB", "MB"):
-        if num_bytes < 1000:
-            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
-        num_bytes /= 1000
-    return f"{num_bytes:.1f} GB"
+    print_prepare(result, "shapes")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from stackgan_cli.commands.choices import Device
+from stackgan_cli.commands.options import MaybeDeviceOption
 
 
 def resume(
@@ -34,10 +34,7 @@ def resume(
             show_default=False,
         ),
     ] = None,
-    device: Annotated[
-        Device | None,
-        typer.Option(help="Move the run to another device.", show_default=False),
-    ] = None,
+    device: MaybeDeviceOption = None,
 ) -> None:
     """Continue a training run exactly where it stopped (settings come from the checkpoint).
 
@@ -45,10 +42,10 @@ def resume(
 
         stackgan resume ~/.cache/stackgan/runs/stage1-cub-20250101-120000 --epochs 600
     """
-    from stackgan_cli.commands.train import run_and_report
+    from stackgan_cli.commands.outcome import report_training
     from stackgan_cli.training.run import resume_training
 
-    run_and_report(
+    report_training(
         lambda: resume_training(
             run_dir,
             epochs=epochs,

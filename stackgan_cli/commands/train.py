@@ -1,14 +1,17 @@
-"""``stackgan train``: train Stage I or Stage II with the official recipe."""
+"""``stackgan train``: train a StackGAN-v1 stage or the StackGAN-v2 tree with the official
+recipe."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from stackgan_cli.commands.choices import Device
+from stackgan_cli.commands.options import DeviceOption, SeedOption
+from stackgan_cli.devices import Device
 from stackgan_cli.training.config import TrainConfig
 
 _D = TrainConfig()  # the defaults live in TrainConfig alone
@@ -19,6 +22,14 @@ class Preset(str, Enum):
 
     birds = "birds"
     coco = "coco"
+    birds_v2 = "birds-v2"
+
+
+class Arch(str, Enum):
+    """The StackGAN generation."""
+
+    v1 = "v1"
+    v2 = "v2"
 
 
 def _width(help_text: str):
@@ -27,11 +38,32 @@ def _width(help_text: str):
 
 def train(
     stage: Annotated[
-        int,
+        int | None,
         typer.Option(
-            min=1, max=2, help="1: 64x64 from text; 2: 256x256 refining a Stage-I generator."
+            min=1,
+            max=2,
+            help="--arch v1 (required): 1: 64x64 from text; 2: 256x256 refining a Stage-I "
+            "generator.",
+            show_default=False,
         ),
-    ],
+    ] = None,
+    arch: Annotated[
+        Arch,
+        typer.Option(
+            help="v1: StackGAN-v1, one --stage per run; v2: StackGAN-v2 (StackGAN++), one tree "
+            "generator trained jointly at 64/128/256 px.",
+        ),
+    ] = Arch.v1,
+    branches: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=3,
+            help="--arch v2: branches of the tree (1: 64 px, 2: up to 128, 3: up to 256). "
+            "Default 3.",
+            show_default=False,
+        ),
+    ] = None,
     dataset: Annotated[
         str | None,
         typer.Option(
@@ -62,13 +94,18 @@ def train(
     ] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs to train.")] = _D.epochs,
     batch_size: Annotated[
-        int, typer.Option(min=2, help="Images per step (per process under torchrun).")
-    ] = _D.batch_size,
+        int | None,
+        typer.Option(
+            min=2,
+            help="Images per step (per process under torchrun). Default: 64 (v1), 24 (v2).",
+            show_default=False,
+        ),
+    ] = None,
     preset: Annotated[
         Preset | None,
         typer.Option(
-            help="Network widths: birds (default) or coco. Stage 2 defaults to the Stage-I "
-            "file's widths.",
+            help="Network widths: birds (v1 default), coco or birds-v2 (v2 default). Stage 2 "
+            "defaults to the Stage-I file's widths.",
             show_default=False,
         ),
     ] = None,
@@ -90,6 +127,71 @@ def train(
     kl_coeff: Annotated[
         float, typer.Option(min=0.0, help="Weight of the KL term in the generator loss.")
     ] = _D.kl_coeff,
+    loss: Annotated[
+        str,
+        typer.Option(
+            help="Adversarial loss, matching-aware (real pairs against wrong and fake ones): "
+            "bce (official), lsgan, hinge or wgan-gp.",
+        ),
+    ] = _D.loss,
+    gp_weight: Annotated[
+        float | None,
+        typer.Option(
+            help=f"--loss wgan-gp: weight of the gradient penalty. Default {_D.gp_weight:g}.",
+            show_default=False,
+        ),
+    ] = None,
+    n_critic: Annotated[
+        int,
+        typer.Option(
+            help="Discriminator updates per generator update (each on the step's batch and fakes).",
+        ),
+    ] = _D.n_critic,
+    optimizer: Annotated[
+        str, typer.Option(help="adam (official, --beta1/--beta2) or rmsprop.")
+    ] = _D.optimizer,
+    beta1: Annotated[
+        float | None,
+        typer.Option(help=f"Adam's beta1. Default {_D.beta1:g}.", show_default=False),
+    ] = None,
+    beta2: Annotated[
+        float | None,
+        typer.Option(help=f"Adam's beta2. Default {_D.beta2:g}.", show_default=False),
+    ] = None,
+    init: Annotated[
+        str,
+        typer.Option(
+            help="Weight initialisation: official (v1 normal(0, 0.02), v2 orthogonal), "
+            "orthogonal, normal, xavier or kaiming.",
+        ),
+    ] = _D.init,
+    tensorboard: Annotated[
+        bool,
+        typer.Option(
+            "--tensorboard/--no-tensorboard",
+            help="TensorBoard event files in RUN_DIR/tensorboard (pip install "
+            '"stackgan-cli\\[tensorboard]").',
+        ),
+    ] = _D.tensorboard,
+    ema: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=0.999999,
+            help="Decay of the moving average of G's parameters that samples and generator "
+            "files use (0 = none). Default: 0 (v1), 0.999 (v2).",
+            show_default=False,
+        ),
+    ] = None,
+    uncond_coeff: Annotated[
+        float, typer.Option(min=0.0, help="--arch v2: weight of the unconditional terms.")
+    ] = _D.uncond_coeff,
+    color_coeff: Annotated[
+        float,
+        typer.Option(
+            min=0.0, help="--arch v2: colour-consistency weight between branches (0 = off)."
+        ),
+    ] = _D.color_coeff,
     snapshot_every: Annotated[
         int, typer.Option(min=1, help="Keep checkpoints/epoch_NNNN.pt every N epochs.")
     ] = _D.snapshot_every,
@@ -100,8 +202,8 @@ def train(
     log_every: Annotated[
         int, typer.Option(min=1, help="Read the losses back every N steps (metrics.jsonl).")
     ] = _D.log_every,
-    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = _D.seed,
-    device: Annotated[Device, typer.Option(help="auto picks CUDA when present.")] = Device.auto,
+    seed: SeedOption = _D.seed,
+    device: DeviceOption = Device.auto,
     amp: Annotated[
         bool, typer.Option("--amp/--no-amp", help="bf16 autocast on CUDA (the CPU uses float32).")
     ] = _D.amp,
@@ -125,7 +227,8 @@ def train(
         ),
     ] = _D.fast_layers,
 ) -> None:
-    """Train a StackGAN stage; checkpoints, samples and metrics go to the run directory.
+    """Train a StackGAN-v1 stage or the StackGAN-v2 tree; checkpoints, samples and metrics go
+    to the run directory.
 
     Ctrl-C saves the run after the current step; `stackgan resume RUN_DIR` continues it.
     Under `torchrun --nproc-per-node N -m stackgan_cli train ...` it trains data-parallel.
@@ -136,34 +239,17 @@ def train(
 --df-dim 16 --out s1.pt
         stackgan train --stage 2 --dataset shapes --epochs 3 --batch-size 16 --stage1-ckpt \
 s1.pt --out s2.pt
+        stackgan train --arch v2 --dataset shapes --epochs 3 --gf-dim 16 --df-dim 16 --out v2.pt
     """
-    if stage == 1 and stage1_ckpt is not None:
-        raise typer.BadParameter(
-            "only Stage 2 uses a Stage-I generator", param_hint="--stage1-ckpt"
-        )
-    if stage == 2 and stage1_ckpt is None:
-        raise typer.BadParameter(
-            "Stage 2 refines a Stage-I generator: pass the --out file (or RUN_DIR/generator.pt) "
-            "of `stackgan train --stage 1`",
-            param_hint="--stage1-ckpt",
-        )
-    if lr_g <= 0 or lr_d <= 0:
-        raise typer.BadParameter("learning rates must be positive", param_hint="--lr-g/--lr-d")
-
-    from stackgan_cli import paths
-    from stackgan_cli.errors import StackGANError
+    from stackgan_cli.commands.outcome import report_training
     from stackgan_cli.training.run import start_training
 
-    if dataset is None:
-        if not (paths.prepared_dir("cub") / "metadata.json").exists():
-            raise StackGANError(
-                "no --dataset given and the default dataset cub is not prepared: run "
-                "`stackgan prepare cub`, or `stackgan prepare shapes` and pass --dataset shapes "
-                "for the offline demo"
-            )
-        dataset = "cub"
-    cfg = TrainConfig(
-        stage=stage,
+    cfg = TrainConfig.for_arch(
+        arch.value,
+        branches=branches,
+        ema=ema,
+        uncond_coeff=uncond_coeff,
+        color_coeff=color_coeff,
         dataset=dataset,
         run_dir=str(run_dir) if run_dir else "",
         stage1_ckpt=str(stage1_ckpt) if stage1_ckpt else None,
@@ -174,6 +260,14 @@ s1.pt --out s2.pt
         lr_d=lr_d,
         lr_decay_every=lr_decay_every,
         kl_coeff=kl_coeff,
+        loss=loss,
+        gp_weight=gp_weight,
+        n_critic=n_critic,
+        optimizer=optimizer,
+        beta1=beta1,
+        beta2=beta2,
+        init=init,
+        tensorboard=tensorboard,
         snapshot_every=snapshot_every,
         sample_every=sample_every,
         log_every=log_every,
@@ -184,6 +278,7 @@ s1.pt --out s2.pt
         channels_last=channels_last,
         fast_layers=fast_layers,
     )
+    cfg = replace(cfg, stage=stage)  # None when not given: training/run.py checks it per arch
     overrides = {
         "gf_dim": gf_dim,
         "df_dim": df_dim,
@@ -191,43 +286,6 @@ s1.pt --out s2.pt
         "condition_dim": condition_dim,
         "r_num": r_num,
     }
-    run_and_report(
+    report_training(
         lambda: start_training(cfg, preset=preset.value if preset else None, overrides=overrides)
     )
-
-
-def run_and_report(work) -> None:
-    """Run ``work()`` (start or resume), then print where the results are; a Ctrl-C/SIGTERM
-    stop prints how to continue and exits with 130."""
-    import os
-
-    from stackgan_cli.console import err, out
-    from stackgan_cli.training.loop import TrainingInterrupted
-
-    is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
-    try:
-        result = work()
-    except TrainingInterrupted as stop:
-        if not is_main:
-            raise typer.Exit(130) from None
-        err.print(
-            f"[yellow]stopped[/] {stop.where(stop.epoch, stop.step)}; saved "
-            f"{stop.run_dir / 'checkpoints' / 'last.pt'}\n"
-            f"continue with: stackgan resume {stop.run_dir}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(130) from None
-    if not is_main:
-        return
-    if result.already_complete:
-        err.print(
-            f"{result.run_dir} has already trained {result.epochs} epochs; pass --epochs N "
-            "to train further",
-            highlight=False,
-            soft_wrap=True,
-        )
-    out.print(f"run directory: {result.run_dir}", highlight=False, soft_wrap=True)
-    out.print(f"generator file: {result.generator_path}", highlight=False, soft_wrap=True)
-    if result.out is not None:
-        out.print(f"copied to: {result.out}", highlight=False, soft_wrap=True)

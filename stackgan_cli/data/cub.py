@@ -1,6 +1,6 @@
 """Reading the raw CUB-200-2011 + StackGAN ``birds`` layouts, and the official image crop.
 
-The raw layout is what the two upstream archives unpack to (spec 2.1)::
+The raw layout is what the two upstream archives unpack to (stackgan-pytorch-spec.md 2.1)::
 
     CUB_200_2011/images.txt                 "<id> <class_dir>/<name>.jpg"
     CUB_200_2011/bounding_boxes.txt         "<id> x y w h" (floats, truncated to int)
@@ -25,10 +25,11 @@ import numpy as np
 from PIL import Image
 
 from stackgan_cli.errors import StackGANError
+from stackgan_cli.models.config import STORED_SIZES
 
 SPLITS = ("train", "test")
-IMAGE_SIZES = (76, 304)
-"""``int(IMSIZE * 76 / 64)`` for the Stage-I (64) and Stage-II (256) image sizes."""
+IMAGE_SIZES = STORED_SIZES
+"""The stored sides, ``int(IMSIZE * 76 / 64)`` for the Stage-I and Stage-II image sizes."""
 CAPTIONS_PER_IMAGE = 10
 
 BBox = tuple[int, int, int, int]

@@ -38,7 +38,13 @@ from stackgan_cli.data.prepared import (
     write_metadata,
 )
 from stackgan_cli.errors import StackGANError
-from stackgan_cli.fsutil import atomic_dir, atomic_torch_save, atomic_write_text, file_hashes
+from stackgan_cli.fsutil import (
+    atomic_dir,
+    atomic_torch_save,
+    atomic_write_text,
+    exclusive_lock,
+    file_hashes,
+)
 
 CUB_PARTS = (("CUB_200_2011", "CUB_200_2011.tgz"), ("birds", "birds.zip"))
 """(unpacked folder, archive) of each upstream artifact."""
@@ -49,12 +55,14 @@ ParallelMap = Callable[[Callable, Iterable], Iterable]
 
 @dataclass
 class PrepareResult:
-    """What a prepare did: where the dataset is, its metadata, and how long it took."""
+    """What a prepare did: where the dataset is, its metadata, and how long it took;
+    ``note`` says how an already prepared dataset differs from what was asked for."""
 
     root: Path
     metadata: dict[str, Any]
     already_prepared: bool
     seconds: float
+    note: str = ""
 
 
 def default_workers() -> int:
@@ -123,7 +131,15 @@ def prepare_shapes(
     with _dataset_lock("shapes"):
         existing = _existing_metadata(target)
         if existing is not None and not force:
-            return PrepareResult(target, existing, True, time.monotonic() - started)
+            stored = existing.get("inputs", {}).get("shapes", {})
+            note = ""
+            if stored.get("images") != images or stored.get("seed") != seed:
+                note = (
+                    f"It was drawn with --images {stored.get('images')} --seed "
+                    f"{stored.get('seed')}; add --force to redraw it with --images {images} "
+                    f"--seed {seed}."
+                )
+            return PrepareResult(target, existing, True, time.monotonic() - started, note)
         raw = paths.raw_dir("shapes")
         info(f"Drawing {images:,} shape images into {raw}")
         with _parallel_map(workers) as pmap:
@@ -370,18 +386,7 @@ def _dataset_lock(name: str) -> Iterator[None]:
     temporary folders a killed earlier prepare may have left (safe only under the lock)."""
     folder = paths.dataset_dir(name)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a+") as handle:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks, run unguarded
-            fcntl = None
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise StackGANError(
-                    f"another `stackgan prepare {name}` is running (it holds {folder / '.lock'})"
-                ) from None
+    with exclusive_lock(folder / ".lock", f"another `stackgan prepare {name}` is running"):
         _remove_leftovers(folder)
         yield
 

@@ -3,13 +3,15 @@
 Layout of a prepared dataset (``paths.prepared_dir(name)``)::
 
     metadata.json            format version, counts, fingerprint, inputs, text-encoder report
-    <split>/images_76.npy    uint8 (N, 76, 76, 3)     bbox crop + PIL bilinear (spec 2.2)
+    <split>/images_76.npy    uint8 (N, 76, 76, 3)     bbox crop + PIL bilinear (see below)
     <split>/images_304.npy   uint8 (N, 304, 304, 3)
     <split>/embeddings.npy   float32 (N, 10, D)       embedding j pairs with caption j
     <split>/captions.json    N lists of 10 strings
     <split>/class_ids.npy    int64 (N,)
     <split>/filenames.json   N keys "<class_dir>/<name>"
     text_encoder.pt          the trained text encoder's ``to_dict()`` (optional)
+
+The crops follow the official pipeline (stackgan-pytorch-spec.md 2.2).
 
 The fingerprint is the SHA-256 of the sorted ``"<relative path> <sha256 of its content>"`` lines
 of these files (for ``.npy`` files, of the array data in C order), so it identifies the data
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Sequence
 from functools import cached_property
@@ -31,6 +34,7 @@ import numpy as np
 from stackgan_cli import paths
 from stackgan_cli.data.cub import CAPTIONS_PER_IMAGE, IMAGE_SIZES
 from stackgan_cli.errors import StackGANError
+from stackgan_cli.formats import check_format
 from stackgan_cli.fsutil import atomic_write_text
 
 FORMAT_VERSION = 1
@@ -180,16 +184,25 @@ def read_metadata(root: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise StackGANError(f"{root} holds no prepared dataset ({METADATA_FILE} missing)") from None
     except (OSError, ValueError) as exc:
-        raise StackGANError(f"{path} is damaged ({exc}); prepare the dataset again") from None
+        raise StackGANError(f"{path} is damaged ({exc}); {_reprepare(root)}") from None
     if not isinstance(metadata, dict) or not isinstance(metadata.get("splits"), dict):
-        raise StackGANError(f"{path} is not a stackgan dataset description")
-    version = metadata.get("format_version")
-    if version != FORMAT_VERSION:
-        raise StackGANError(
-            f"{path}: prepared-data format {version!r}, this stackgan reads {FORMAT_VERSION}; "
-            f"re-run `stackgan prepare {metadata.get('dataset', 'NAME')} --force`"
-        )
+        raise StackGANError(f"{path} is not a stackgan dataset description; {_reprepare(root)}")
+    check_format(
+        metadata,
+        tag=None,
+        versions=(FORMAT_VERSION,),
+        where=str(path),
+        what="prepared dataset description",
+        remedy=f"re-run `stackgan prepare {metadata.get('dataset', 'NAME')} --force`",
+    )
     return metadata
+
+
+def _reprepare(root: Path) -> str:
+    """How to rebuild the prepared dataset at ``root`` (``datasets/NAME/prepared``)."""
+    root = Path(root)
+    name = root.parent.name if root.name == "prepared" else "NAME"
+    return f"re-run `stackgan prepare {name} --force`"
 
 
 class PreparedSplit:
@@ -304,13 +317,81 @@ def load_prepared(name_or_path: str | Path) -> PreparedDataset:
         )
     metadata = read_metadata(root)
     dataset = metadata.get("dataset", "NAME")
+    redo = f"re-run `stackgan prepare {dataset} --force`"
     for split in metadata["splits"]:
         for name in SPLIT_FILES:
             if not (root / split / name).is_file():
-                raise StackGANError(
-                    f"{root / split / name} is missing; re-run `stackgan prepare {dataset} --force`"
-                )
+                raise StackGANError(f"{root / split / name} is missing; {redo}")
+        count = _split_count(metadata, split)
+        if count is None:
+            raise StackGANError(
+                f"{root / METADATA_FILE} is damaged (no image count for split {split!r}); {redo}"
+            )
+        for name, (dtype, shape) in _array_specs(count, metadata.get("text_dim")).items():
+            problem = _array_problem(root / split / name, dtype, shape)
+            if problem is not None:
+                raise StackGANError(f"{root / split / name} is damaged ({problem}); {redo}")
     return PreparedDataset(root, metadata)
+
+
+def _split_count(metadata: dict[str, Any], split: str) -> int | None:
+    """The number of images ``metadata`` gives for ``split``, or None when it gives none."""
+    entry = metadata["splits"][split]
+    count = entry.get("images") if isinstance(entry, dict) else None
+    valid = isinstance(count, int) and not isinstance(count, bool) and count > 0
+    return count if valid else None
+
+
+def _array_specs(count: int, text_dim: Any) -> dict[str, tuple[np.dtype, tuple[int | None, ...]]]:
+    """The dtype and shape of each ``.npy`` file of a split of ``count`` images (None in a
+    shape: any size, for the embedding size of metadata without ``text_dim``)."""
+    dim = text_dim if isinstance(text_dim, int) and not isinstance(text_dim, bool) else None
+    specs: dict[str, tuple[np.dtype, tuple[int | None, ...]]] = {
+        f"images_{size}.npy": (np.dtype(np.uint8), (count, size, size, 3)) for size in IMAGE_SIZES
+    }
+    specs["embeddings.npy"] = (np.dtype(np.float32), (count, CAPTIONS_PER_IMAGE, dim))
+    specs["class_ids.npy"] = (np.dtype(np.int64), (count,))
+    return specs
+
+
+def _array_problem(path: Path, dtype: np.dtype, shape: tuple[int | None, ...]) -> str | None:
+    """What is wrong with the ``.npy`` file at ``path``, which should hold an array of
+    ``dtype`` and ``shape``, judged from its header and size alone; None when nothing is."""
+    try:
+        found_shape, found_dtype, offset = _read_npy_header(path)
+    except ValueError as exc:
+        return f"not a .npy file: {' '.join(str(exc).split())}"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if found_dtype != dtype:
+        return f"dtype {found_dtype}, not {dtype}"
+    wanted = tuple(
+        got if want is None else want for got, want in zip(found_shape, shape, strict=False)
+    )
+    if len(found_shape) != len(shape) or tuple(found_shape) != wanted:
+        described = str(shape).replace("None", "D")
+        return f"an array of shape {tuple(found_shape)}, not the {described} of {METADATA_FILE}"
+    expected = offset + math.prod(found_shape) * found_dtype.itemsize
+    size = path.stat().st_size
+    if size < expected:
+        return f"truncated: {size:,} bytes where its header needs {expected:,}"
+    if size > expected:
+        return f"{size:,} bytes where its header needs {expected:,}: extra data at its end"
+    return None
+
+
+def _read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """The shape, the dtype and the offset of the data of a ``.npy`` file, from its header
+    alone (the data is not read); ``ValueError`` when the header is not a valid one."""
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise ValueError(f"format version {version[0]}.{version[1]} is not supported")
+        return shape, dtype, handle.tell()
 
 
 def directory_size(root: Path) -> int:

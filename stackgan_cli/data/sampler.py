@@ -2,7 +2,8 @@
 
 Images stay uint8 (N, L, L, 3) on the device (L = 76 for Stage I, 304 for Stage II) next to the
 float32 caption embeddings (N, 10, D). Once per epoch a CPU ``torch.Generator`` draws the whole
-epoch plan at once, as the official loader would over the epoch (spec 2.2-2.5): a permutation
+epoch plan at once, as the official loader would over the epoch (stackgan-pytorch-spec.md 2.2-2.5):
+a permutation
 (the incomplete last batch dropped), a random-crop offset pair in 0..L-S, a horizontal-flip flag
 (p = 0.5) and one caption index in 0..9 per sample. A batch is then one advanced-indexing gather
 on the device (the flip folded into the column indices), a cast and ``x / 127.5 - 1``: no
@@ -115,25 +116,30 @@ class DeviceBatchSampler:
         if self._plan is None:
             self._draw_plan()
         assert self._plan is not None
-        s = self.step
-        index = self._plan["index"][s]
-        rows = self._plan["row"][s][:, None] + self._offsets  # (B, S)
-        cols = self._plan["col"][s][:, None] + self._offsets
-        # A horizontal flip reads column (S - 1 - x) of the crop instead of x.
-        cols = torch.where(self._plan["flip"][s][:, None], cols.flip(1), cols)
-        # (B, S, S, 3) uint8: one gather for crop and flip together.
-        pixels = self.images[index[:, None, None], rows[:, :, None], cols[:, None, :]]
-        # permute gives an NCHW view whose memory is channels_last.
-        images = pixels.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-        if not self.channels_last:
-            images = images.contiguous()
-        text = self.embeddings[index, self._plan["caption"][s]]
+        plan, s = self._plan, self.step
+        index = plan["index"][s]
+        images = self._crop(index, plan["row"][s], plan["col"][s], plan["flip"][s])
+        text = self.embeddings[index, plan["caption"][s]]
         self.step += 1
         if self.step == self.steps_per_epoch:
             self.epoch += 1
             self.step = 0
             self._plan = None
         return images, text
+
+    def _crop(self, index: Tensor, row: Tensor, col: Tensor, flip: Tensor) -> Tensor:
+        """Images ``index`` cropped at (``row``, ``col``), flipped where ``flip``, in [-1, 1]."""
+        rows = row[:, None] + self._offsets  # (B, S)
+        cols = col[:, None] + self._offsets
+        # A horizontal flip reads column (S - 1 - x) of the crop instead of x.
+        cols = torch.where(flip[:, None], cols.flip(1), cols)
+        # (B, S, S, 3) uint8: one gather for crop and flip together.
+        pixels = self.images[index[:, None, None], rows[:, :, None], cols[:, None, :]]
+        # permute gives an NCHW view whose memory is channels_last.
+        images = pixels.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+        if not self.channels_last:
+            images = images.contiguous()
+        return images
 
     def state_dict(self) -> dict[str, Any]:
         """The generator state at the start of the current epoch and the position in it."""

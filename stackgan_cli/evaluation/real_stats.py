@@ -1,9 +1,15 @@
 """Real test images as Inception sees them, and their cached FID statistics.
 
 Real images are the prepared bounding-box crops (76x76 / 304x304), centre-cropped to 64x64 /
-256x256. Training takes random 64/256 crops of the same arrays (spec 2.2), so the centre crop
+256x256. Training takes random 64/256 crops of the same arrays (stackgan-pytorch-spec.md 2.2), so
+the centre crop
 shows the objects at exactly the scale the generator learned; resizing 76 -> 64 would shrink
 them by 16 % and bias FID.
+
+128x128 (a StackGAN-v2 file's middle branch) is not stored: its real images are the 256x256
+centre crop of the 304x304 images shrunk to 128 (bilinear, antialiased, rounded to uint8), as
+StackGAN-v2 training makes its 128 px real views from the 256 px crop. That is the same relative
+crop as 64 from 76 and 256 from 304 (the centre 84 %), so the three sizes show the same objects.
 
 The statistics of the whole test split (mean, covariance and the real diversity reference) are
 cached under ``paths.weights_dir()/fid_stats/``, keyed by a hash of the dataset fingerprint,
@@ -21,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torch_fidelity
 from rich.progress import Progress
 from torch import Tensor
@@ -36,34 +43,72 @@ from stackgan_cli.evaluation.metrics import (
     mean_pairwise_distance,
 )
 from stackgan_cli.fsutil import atomic_file
-
-LOAD_SIZE = {64: 76, 256: 304}
-"""The prepared array each evaluation resolution is cropped from."""
+from stackgan_cli.models.config import load_size
 
 CACHE_FORMAT = 1
+REAL_RESOLUTIONS = (64, 128, 256)
+"""The sides real test images can be scored at (a StackGAN-v2 file's 128 included)."""
+_SHRUNK_FROM = {128: 256}  # resolution -> the stored crop it is resized from
+
+
+def _crop_size(resolution: int) -> int:
+    if resolution not in REAL_RESOLUTIONS:
+        raise ValueError(f"real images are made at {REAL_RESOLUTIONS} px, not {resolution}")
+    return _SHRUNK_FROM.get(resolution, resolution)
+
+
+def stored_size(resolution: int) -> int:
+    """Side of the prepared images (76 or 304) that the real ``resolution`` images come from."""
+    return load_size(_crop_size(resolution))
 
 
 def crop_description(resolution: int) -> str:
     """How the real images are made, for the JSON protocol."""
-    load = LOAD_SIZE[resolution]
-    return (
+    crop = _crop_size(resolution)
+    load = load_size(crop)
+    text = (
         f"test split bounding-box crops prepared at {load}x{load} (PIL bilinear), "
-        f"centre-cropped to {resolution}x{resolution} (offset {(load - resolution) // 2}); "
-        "no flip, no resize"
+        f"centre-cropped to {crop}x{crop} (offset {(load - crop) // 2}); "
     )
+    if crop == resolution:
+        return text + "no flip, no resize"
+    return text + f"resized to {resolution}x{resolution} (bilinear, antialiased); no flip"
+
+
+def crop_summary(resolution: int) -> str:
+    """The crop in a few words (``centre 76->64``), for the cache key and the FID protocol."""
+    crop = _crop_size(resolution)
+    text = f"centre {load_size(crop)}->{crop}"
+    return text if crop == resolution else f"{text}, bilinear antialiased to {resolution}"
 
 
 def real_image_batches(
     images: np.ndarray, resolution: int, indices: np.ndarray, batch_size: int
 ) -> Iterator[Tensor]:
     """Yield uint8 (B, 3, S, S) CPU batches of the centre-cropped ``images[indices]`` from the
-    (N, L, L, 3) prepared array (L = 76 or 304)."""
+    (N, L, L, 3) prepared array (L = :func:`stored_size` of ``resolution``: 76 or 304), shrunk
+    to ``resolution`` when it is not stored (128)."""
     load = images.shape[1]
-    offset = (load - resolution) // 2
+    size = _crop_size(resolution)
+    offset = (load - size) // 2
     for start in range(0, len(indices), batch_size):
         rows = indices[start : start + batch_size]
-        crop = images[rows, offset : offset + resolution, offset : offset + resolution]
-        yield torch.from_numpy(np.ascontiguousarray(crop)).permute(0, 3, 1, 2).contiguous()
+        crop = images[rows, offset : offset + size, offset : offset + size]
+        batch = torch.from_numpy(np.ascontiguousarray(crop)).permute(0, 3, 1, 2).contiguous()
+        yield batch if size == resolution else _shrink(batch, resolution)
+
+
+def _shrink(batch: Tensor, resolution: int) -> Tensor:
+    """uint8 (B, 3, S, S) -> uint8 (B, 3, resolution, resolution), as StackGAN-v2 training
+    shrinks its real crops (bilinear, antialiased), rounded back to 8 bits."""
+    shrunk = F.interpolate(
+        batch.float(),
+        size=(resolution, resolution),
+        mode="bilinear",
+        align_corners=False,
+        antialias=True,
+    )
+    return shrunk.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def real_features(
@@ -127,7 +172,7 @@ def cache_key(fingerprint: str, resolution: int, net: InceptionNet) -> dict:
         "dataset_fingerprint": fingerprint,
         "split": "test",
         "resolution": resolution,
-        "crop": f"centre {LOAD_SIZE[resolution]}->{resolution}",
+        "crop": crop_summary(resolution),
         "inception_variant": VARIANT,
         "inception_weights_sha256": net.weights_sha256,
         "feature_layer": POOL_LAYER,

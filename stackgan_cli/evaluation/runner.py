@@ -17,11 +17,11 @@ import torch
 from rich.progress import Progress
 from torch import Tensor
 
-from stackgan_cli import __version__, paths
+from stackgan_cli import __version__
 from stackgan_cli.console import task_progress, warn
 from stackgan_cli.data.prepared import PreparedDataset, load_prepared
 from stackgan_cli.devices import pick_device
-from stackgan_cli.errors import StackGANError
+from stackgan_cli.errors import StackGANError, UsageError
 from stackgan_cli.evaluation.inception import InceptionNet, load_inception
 from stackgan_cli.evaluation.metrics import (
     DIVERSITY_GROUP_SIZE,
@@ -32,24 +32,28 @@ from stackgan_cli.evaluation.metrics import (
     mean_pairwise_distance,
 )
 from stackgan_cli.evaluation.real_stats import (
-    LOAD_SIZE,
+    REAL_RESOLUTIONS,
     cache_key,
     cache_path,
     crop_description,
+    crop_summary,
     load_or_compute_real_stats,
     real_diversity,
     real_features,
     save_real_stats,
+    stored_size,
 )
 from stackgan_cli.evaluation.report import PAPER_NOTE
 from stackgan_cli.evaluation.sampling import (
     caption_schedule,
     diversity_schedule,
     generate_images,
+    output_sizes,
+    select_output,
 )
 from stackgan_cli.fsutil import file_hashes
 from stackgan_cli.generator_file import GeneratorBundle, load_generator_file, newest_generator
-from stackgan_cli.models.config import image_size
+from stackgan_cli.models.config import IMAGE_SIZE
 
 FORMAT = "stackgan-evaluation"
 FORMAT_VERSION = 1
@@ -87,19 +91,32 @@ class EvalOptions:
     inception_weights: Path | None = None
     real: bool = False
     resolution: int | None = None
+    size: int | None = None  # generated samples' side: v1 stage / v2 branch (None: largest)
     seed: int = 0
     diversity: bool = True
     device: str = "auto"
 
 
-def default_out_path(result: dict) -> Path:
-    """Beside the checkpoint (``<ckpt>.eval.json``); real-image runs go to the cache."""
-    if result["mode"] == "real":
-        name = result["dataset"]["name"]
-        resolution = result["protocol"]["resolution"]
-        return paths.cache_root() / "evaluations" / f"real-{name}-{resolution}px.eval.json"
-    ckpt = Path(result["checkpoint"]["path"])
-    return ckpt.with_name(f"{ckpt.stem}.eval.json")
+def check_options(options: EvalOptions) -> None:
+    """UsageError (exit 2) for options that do not fit together."""
+    sizes = sorted(IMAGE_SIZE.values())
+    if options.resolution is not None and options.resolution not in sizes:
+        raise UsageError(f"--resolution must be {' or '.join(map(str, sizes))}")
+    if options.resolution is not None and not options.real:
+        raise UsageError("--resolution only applies with --real")
+    if options.size is not None and options.size not in REAL_RESOLUTIONS:
+        raise UsageError(f"--size must be {', '.join(map(str, REAL_RESOLUTIONS))}")
+    if options.size is not None and options.real:
+        raise UsageError("--size picks the generated images' size; with --real use --resolution")
+    if not options.real and options.splits > options.num_samples:
+        raise UsageError(f"--splits cannot exceed --num-samples {options.num_samples}")
+
+
+def evaluate(options: EvalOptions) -> dict:
+    """Everything ``stackgan evaluate`` computes: the generator's scores, or with
+    ``options.real`` the real test images' (the record :mod:`evaluation.report` writes)."""
+    check_options(options)
+    return evaluate_real(options) if options.real else evaluate_generator(options)
 
 
 def _now() -> str:
@@ -148,6 +165,7 @@ def _generated_features(
     progress: Progress,
     clock: _Clock,
     label: str,
+    output: int,
 ) -> tuple[Tensor, Tensor]:
     """Generate the scheduled samples batch by batch and keep only their Inception outputs
     (30,000 Stage-II images would not fit in memory)."""
@@ -155,7 +173,13 @@ def _generated_features(
     gen_task = progress.add_task(f"{label}: generating", total=total)
     feat_task = progress.add_task(f"{label}: Inception features", total=total)
     batches = generate_images(
-        bundle, embeddings, *schedule, seed=seed, batch_size=batch_size, device=net.device
+        bundle,
+        embeddings,
+        *schedule,
+        seed=seed,
+        batch_size=batch_size,
+        device=net.device,
+        output=output,
     )
     logits, pools = [], []
     while True:
@@ -191,8 +215,10 @@ def _checkpoint_record(bundle: GeneratorBundle) -> dict:
     return {
         "path": str(Path(bundle.path).resolve()),
         "sha256": file_hashes(bundle.path, ["sha256"])["sha256"],
+        "arch": bundle.arch,
         "stage": bundle.stage,
         "epoch": bundle.epoch,
+        "iteration": bundle.iteration,
         "source": bundle.source,
         "dataset": bundle.dataset,
         "model_config": bundle.cfg.to_dict(),
@@ -260,8 +286,8 @@ def evaluate_generator(options: EvalOptions) -> dict:
             f"{bundle.cfg.text_dim}-d ones"
         )
     _check_splits(options.splits, options.num_samples, "samples")
-    resolution = image_size(bundle.stage)
-    real_images = test.images(LOAD_SIZE[resolution])
+    output, resolution = select_output(bundle, options.size)
+    real_images = test.images(stored_size(resolution))
     net = load_inception(options.inception_weights, device)
     need_real = options.fid or options.diversity
 
@@ -276,6 +302,7 @@ def evaluate_generator(options: EvalOptions) -> dict:
             progress=progress,
             clock=clock,
             label="samples",
+            output=output,
         )
         diversity_pool = None
         if options.diversity:
@@ -289,6 +316,7 @@ def evaluate_generator(options: EvalOptions) -> dict:
                 progress=progress,
                 clock=clock,
                 label="diversity samples",
+                output=output,
             )
         real = None
         if need_real:
@@ -315,8 +343,7 @@ def evaluate_generator(options: EvalOptions) -> dict:
             "real_images": real.stats.count,
             "real_statistics": str(real.path),
             "real_statistics_cached": real.cached,
-            "protocol": f"pool3 vs {real.stats.count} test crops, centre "
-            f"{LOAD_SIZE[resolution]}->{resolution}",
+            "protocol": f"pool3 vs {real.stats.count} test crops, {crop_summary(resolution)}",
         }
     if diversity_pool is not None:
         groups = diversity_pool.view(DIVERSITY_GROUPS, DIVERSITY_GROUP_SIZE, -1)
@@ -382,7 +409,7 @@ def evaluate_real(options: EvalOptions) -> dict:
     if options.resolution is not None:
         resolution = options.resolution
     else:
-        resolution = image_size(bundle.stage) if bundle is not None else 64
+        resolution = output_sizes(bundle)[-1] if bundle is not None else 64
     test = dataset.split("test")
     total = len(test)
     rng = np.random.default_rng(options.seed)
@@ -395,7 +422,7 @@ def evaluate_real(options: EvalOptions) -> dict:
         _check_splits(options.splits, count, "real test images")
     if count < 4:
         raise StackGANError(f"the test split of {dataset.name} has {count} images; need 4 or more")
-    images = test.images(LOAD_SIZE[resolution])
+    images = test.images(stored_size(resolution))
     net = load_inception(options.inception_weights, device)
 
     with task_progress() as progress:

@@ -1,49 +1,50 @@
-"""The StackGAN networks (official StackGAN-Pytorch layout), their configuration and builders.
+"""The StackGAN networks (official StackGAN-Pytorch and StackGAN-v2 layouts), their
+configuration and builders.
 
 Losses live in :mod:`stackgan_cli.models.losses`, the official checkpoint import in
-:mod:`stackgan_cli.models.official`.
+:mod:`stackgan_cli.models.official` and :mod:`stackgan_cli.models.official_v2`.
+
+The names below are imported on first use, so that torch-free code (the command line's
+``--help``, the image sizes in :mod:`stackgan_cli.models.config`) can import this package
+without importing torch.
 """
 
-from torch import nn
+from __future__ import annotations
 
-from stackgan_cli.models.config import IMAGE_SIZE, PRESETS, ModelConfig, image_size
-from stackgan_cli.models.init import init_weights
-from stackgan_cli.models.layers import ConditioningAugmentation, DiscriminatorHead, ResBlock
-from stackgan_cli.models.stage1 import Stage1Discriminator, Stage1Generator
-from stackgan_cli.models.stage2 import Stage2Discriminator, Stage2Generator
+import importlib
+from typing import Any
+
+_HOMES = {
+    "IMAGE_SIZE": "config",
+    "PRESETS": "config",
+    "ModelConfig": "config",
+    "image_size": "config",
+    "ConditioningAugmentation": "layers",
+    "DiscriminatorHead": "layers",
+    "ResBlock": "layers",
+    "Stage1Discriminator": "stage1",
+    "Stage1Generator": "stage1",
+    "Stage2Discriminator": "stage2",
+    "Stage2Generator": "stage2",
+    "StackGANv2Discriminator": "discriminator_v2",
+    "StackGANv2Generator": "generator_v2",
+    "build_discriminator": "builders",
+    "build_generator": "builders",
+    "init_weights": "init",
+    "init_weights_v2": "init",
+}
+
+__all__ = sorted(_HOMES)
 
 
-def build_generator(stage: int, cfg: ModelConfig) -> nn.Module:
-    """A freshly initialised Stage-1 or Stage-2 generator."""
-    if stage == 1:
-        return Stage1Generator(cfg)
-    if stage == 2:
-        return Stage2Generator(cfg)
-    raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
 
 
-def build_discriminator(stage: int, cfg: ModelConfig) -> nn.Module:
-    """A freshly initialised Stage-1 or Stage-2 discriminator."""
-    if stage == 1:
-        return Stage1Discriminator(cfg)
-    if stage == 2:
-        return Stage2Discriminator(cfg)
-    raise ValueError(f"stage must be 1 or 2, got {stage!r}")
-
-
-__all__ = [
-    "IMAGE_SIZE",
-    "PRESETS",
-    "ConditioningAugmentation",
-    "DiscriminatorHead",
-    "ModelConfig",
-    "ResBlock",
-    "Stage1Discriminator",
-    "Stage1Generator",
-    "Stage2Discriminator",
-    "Stage2Generator",
-    "build_discriminator",
-    "build_generator",
-    "image_size",
-    "init_weights",
-]
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])

@@ -13,9 +13,20 @@ from stackgan_cli.errors import StackGANError
 IMAGE_SIZE = {1: 64, 2: 256}
 
 
+def load_size(image_size: int) -> int:
+    """Side of the stored images that training crops ``image_size`` squares from:
+    ``int(image_size * 76 / 64)``, as the official data loader (64 -> 76, 256 -> 304)."""
+    return image_size * 76 // 64
+
+
+STORED_SIZES = tuple(load_size(size) for size in IMAGE_SIZE.values())
+"""The image sides a prepared dataset stores (76, 304)."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """StackGAN widths; the defaults are the official birds values (spec 1.1)."""
+    """StackGAN widths; the defaults are the official birds values (stackgan-pytorch-spec.md
+    1.1)."""
 
     gf_dim: int = 128  # generator base width; Stage-I G starts at gf_dim*8 channels at 4x4
     df_dim: int = 64  # discriminator base width; both Ds end at df_dim*8 channels at 4x4
@@ -23,6 +34,7 @@ class ModelConfig:
     condition_dim: int = 128  # conditioning-augmentation output (c, mu, logvar)
     r_num: int = 4  # residual blocks in Stage-II G (unused by Stage I)
     text_dim: int = 1024  # text embedding dimension
+    branch_num: int = 3  # StackGAN-v2 only: generator branches (64, 128, 256 px); v1 ignores it
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -52,12 +64,14 @@ class ModelConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`; every field must be present, unknown keys are rejected.
 
+        ``branch_num`` may be absent (files written before it existed) and then takes its default.
         Raises StackGANError, since the dict normally comes from a file.
         """
         if not isinstance(data, Mapping):
             raise StackGANError(f"model configuration must be a mapping, got {type(data).__name__}")
         names = [field.name for field in dataclasses.fields(cls)]
-        missing = [name for name in names if name not in data]
+        optional = {"branch_num"}  # fields added after configurations were first saved
+        missing = [name for name in names if name not in data and name not in optional]
         unknown = [str(key) for key in data if key not in names]
         if missing or unknown:
             problems = []
@@ -67,7 +81,7 @@ class ModelConfig:
                 problems.append("unknown " + ", ".join(unknown))
             raise StackGANError(f"invalid model configuration: {'; '.join(problems)}")
         try:
-            return cls(**{name: data[name] for name in names})
+            return cls(**{name: data[name] for name in names if name in data})
         except ValueError as exc:
             raise StackGANError(f"invalid model configuration: {exc}") from None
 
@@ -75,6 +89,8 @@ class ModelConfig:
 PRESETS: dict[str, ModelConfig] = {
     "birds": ModelConfig(),
     "coco": ModelConfig(gf_dim=192, df_dim=96, r_num=2),
+    # StackGAN-v2 (StackGAN++) birds, birds_3stages.yml
+    "birds-v2": ModelConfig(gf_dim=64, df_dim=64, r_num=2, branch_num=3),
 }
 
 

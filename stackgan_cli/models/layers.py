@@ -1,4 +1,4 @@
-"""Building blocks shared by the four networks (spec 3.1, 3.2, 3.4).
+"""Building blocks shared by the four networks (stackgan-pytorch-spec.md 3.1, 3.2, 3.4).
 
 Every ``nn.Sequential`` keeps the official positions, parameter-free modules included, because
 the positions are part of the state-dict keys (``upsample1.1.weight``, ``outlogits.3.bias``).
@@ -67,21 +67,24 @@ class ResBlock(nn.Module):
 
 
 class ConditioningAugmentation(nn.Module):
-    """Official ``CA_NET``: text embedding -> (c, mu, logvar), each (B, condition_dim).
+    """Conditioning augmentation: text embedding -> (c, mu, logvar), each (B, condition_dim).
 
-    ``x = relu(fc(text))`` is split into mu (first half) and logvar (second half), and
+    StackGAN-v1's ``CA_NET``: ``x = relu(fc(text))`` with fc to ``2 * condition_dim``;
+    StackGAN-v2's (``gated``): ``x = gate(fc(text))`` with fc to ``4 * condition_dim`` (the gate
+    halves it). ``x`` is split into mu (first half) and logvar (second half), and
     ``c = mu + exp(logvar / 2) * eps`` with ``eps ~ N(0, 1)`` drawn on every call unless given,
-    in eval mode too (as the official code does).
+    in eval mode too (as both official codes do).
     """
 
-    def __init__(self, text_dim: int, condition_dim: int) -> None:
+    def __init__(self, text_dim: int, condition_dim: int, *, gated: bool = False) -> None:
         super().__init__()
         self.condition_dim = condition_dim
-        self.fc = nn.Linear(text_dim, condition_dim * 2, bias=True)
-        self.relu = nn.ReLU()
+        self.fc = nn.Linear(text_dim, condition_dim * (4 if gated else 2), bias=True)
+        # Parameter-free, so the state-dict keys (fc.*) are those of both official networks.
+        self.activation = nn.GLU(dim=1) if gated else nn.ReLU()
 
     def forward(self, text_embedding: Tensor, eps: Tensor | None = None) -> tuple[Tensor, ...]:
-        x = self.relu(self.fc(text_embedding))
+        x = self.activation(self.fc(text_embedding))
         mu = x[:, : self.condition_dim]
         logvar = x[:, self.condition_dim :]
         std = torch.exp(0.5 * logvar)
@@ -120,9 +123,15 @@ class DiscriminatorHead(nn.Module):
                 nn.Sigmoid(),
             )
 
-    def forward(self, h_code: Tensor, c_code: Tensor | None = None) -> Tensor:
+    def forward(self, h_code: Tensor, c_code: Tensor | None = None, logits: bool = False) -> Tensor:
+        """(B,) probabilities, or with ``logits`` the raw scores before the final Sigmoid
+        (for the lsgan, hinge and WGAN losses); the parameters are the same either way."""
         if self.conditional and c_code is not None:
             b, _, height, width = h_code.shape
             c_code = c_code.view(b, self.condition_dim, 1, 1).expand(-1, -1, height, width)
             h_code = torch.cat((h_code, c_code), 1)
+        if logits:
+            for layer in self.outlogits[:-1]:  # every layer but the Sigmoid
+                h_code = layer(h_code)
+            return h_code.view(-1)
         return self.outlogits(h_code).view(-1)

@@ -1,11 +1,18 @@
-"""The official StackGAN losses (spec 4) as plain functions.
+"""The StackGAN losses (stackgan-pytorch-spec.md section 4) as plain functions.
 
-The discriminators output probabilities (their heads end in Sigmoid), so the losses are binary
-cross-entropy on probabilities, as the official ``nn.BCELoss``. The BCE itself always runs in
-float32 outside autocast: ``binary_cross_entropy`` is refused under CUDA autocast.
+How the terms are weighted (real against wrong and fake pairs, the unconditional head) is the
+official recipe of each stage; what each term measures is an :class:`AdversarialLoss`, chosen
+by name (``LOSSES``). The official one, ``bce``, is binary cross-entropy on the probabilities
+the discriminator heads output (they end in Sigmoid), as the official ``nn.BCELoss``. The BCE
+always runs in float32 outside autocast: ``binary_cross_entropy`` is refused under CUDA
+autocast.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +25,109 @@ def _bce(probs: Tensor, target: float) -> Tensor:
         return F.binary_cross_entropy(probs, torch.full_like(probs, target))
 
 
+@dataclass(frozen=True)
+class AdversarialLoss:
+    """What one term of the GAN objective measures, given the discriminator's scores.
+
+    ``real(scores)``: the discriminator's loss on pairs it should call real; ``fake(scores)``:
+    on pairs it should call fake (fakes and mismatched "wrong" pairs); ``generator(scores)``:
+    the generator's loss on the discriminator's scores of its images.
+    """
+
+    name: str
+    real: Callable[[Tensor], Tensor]
+    fake: Callable[[Tensor], Tensor]
+    generator: Callable[[Tensor], Tensor]
+    # True: the scores are the heads' raw logits (no final Sigmoid); False: probabilities.
+    uses_logits: bool = False
+    # True: the training step adds a gradient penalty (WGAN-GP) to each discriminator's loss.
+    gradient_penalty: bool = False
+
+
+BCE = AdversarialLoss(
+    name="bce",
+    real=lambda probs: _bce(probs, 1.0),
+    fake=lambda probs: _bce(probs, 0.0),
+    generator=lambda probs: _bce(probs, 1.0),
+)
+"""The official loss: binary cross-entropy on probabilities."""
+
+
+def _mean(scores: Tensor) -> Tensor:
+    return scores.float().mean()
+
+
+LSGAN = AdversarialLoss(
+    name="lsgan",
+    real=lambda s: _mean((s.float() - 1.0).pow(2)),
+    fake=lambda s: _mean(s.float().pow(2)),
+    generator=lambda s: _mean((s.float() - 1.0).pow(2)),
+    uses_logits=True,
+)
+"""Least squares on the logits (LSGAN): real -> 1, fake -> 0; G: fake -> 1."""
+
+HINGE = AdversarialLoss(
+    name="hinge",
+    real=lambda s: _mean(F.relu(1.0 - s.float())),
+    fake=lambda s: _mean(F.relu(1.0 + s.float())),
+    generator=lambda s: -_mean(s),
+    uses_logits=True,
+)
+"""Hinge loss on the logits: D ``relu(1 - real) + relu(1 + fake)``; G ``-fake``."""
+
+WGAN_GP = AdversarialLoss(
+    name="wgan-gp",
+    real=lambda s: -_mean(s),
+    fake=lambda s: _mean(s),
+    generator=lambda s: -_mean(s),
+    uses_logits=True,
+    gradient_penalty=True,
+)
+"""Wasserstein loss on the logits (D ``fake - real``, G ``-fake``); the training step adds
+the gradient penalty (:func:`gradient_penalty`) weighted by ``--gp-weight``."""
+
+LOSSES: dict[str, AdversarialLoss] = {loss.name: loss for loss in (BCE, LSGAN, HINGE, WGAN_GP)}
+"""Adversarial losses by the name ``train --loss`` takes."""
+
+
+def gradient_penalty(
+    netD: Any, real: Tensor, fake: Tensor, conditions: Tensor, *, uncond: bool
+) -> Tensor:
+    """WGAN-GP's ``mean((||grad_x D(x, c)||_2 - 1)^2)`` at ``x`` drawn uniformly on the lines
+    between real and (detached) fake images, ``c`` the real pair's condition; with ``uncond``
+    the unconditional head's penalty is added. ``netD`` is called on the images (features)
+    and its heads must return logits."""
+    batch = real.size(0)
+    alpha = torch.rand(batch, 1, 1, 1, device=real.device, dtype=torch.float32)
+    mixed = (alpha * real.float() + (1.0 - alpha) * fake.detach().float()).to(real.dtype)
+    mixed = mixed.contiguous(memory_format=_memory_format(real)).requires_grad_(True)
+    features = netD(mixed)
+    scores = [netD.get_cond_logits(features, conditions.detach())]
+    if uncond:
+        scores.append(netD.get_uncond_logits(features))
+    penalty = None
+    for score in scores:
+        (grad,) = torch.autograd.grad(score.float().sum(), mixed, create_graph=True)
+        term = (grad.float().reshape(batch, -1).norm(2, dim=1) - 1.0).pow(2).mean()
+        penalty = term if penalty is None else penalty + term
+    return penalty
+
+
+def _memory_format(images: Tensor) -> torch.memory_format:
+    if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def adversarial_loss(name: str) -> AdversarialLoss:
+    """The loss called ``name``; ValueError naming the known ones otherwise."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        known = ", ".join(sorted(LOSSES))
+        raise ValueError(f"unknown loss {name!r} (known: {known})") from None
+
+
 def _check_stage(netD: nn.Module, stage: int) -> None:
     if stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, got {stage!r}")
@@ -26,9 +136,15 @@ def _check_stage(netD: nn.Module, stage: int) -> None:
 
 
 def discriminator_loss(
-    netD: nn.Module, real_images: Tensor, fake_images: Tensor, conditions: Tensor, *, stage: int
+    netD: nn.Module,
+    real_images: Tensor,
+    fake_images: Tensor,
+    conditions: Tensor,
+    *,
+    stage: int,
+    loss: AdversarialLoss = BCE,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Official discriminator loss; returns ``(errD, parts)``.
+    """Official discriminator loss, each term measured by ``loss``; returns ``(errD, parts)``.
 
     ``conditions`` is the generator's CA mean (``mu.detach()``), ``fake_images`` the detached
     generator output. Real and fake batches go through ``netD`` separately (separate BatchNorm
@@ -48,15 +164,15 @@ def discriminator_loss(
     fake_features = netD(fake_images.detach())
 
     # Same head-call order as the official code, which fixes the BatchNorm running statistics.
-    err_real = _bce(netD.get_cond_logits(real_features, conditions), 1.0)
-    err_wrong = _bce(netD.get_cond_logits(real_features[: batch - 1], conditions[1:]), 0.0)
-    err_fake = _bce(netD.get_cond_logits(fake_features, conditions), 0.0)
+    err_real = loss.real(netD.get_cond_logits(real_features, conditions))
+    err_wrong = loss.fake(netD.get_cond_logits(real_features[: batch - 1], conditions[1:]))
+    err_fake = loss.fake(netD.get_cond_logits(fake_features, conditions))
     parts = {"real": err_real, "wrong": err_wrong, "fake": err_fake}
     if stage == 1:
         err_d = err_real + 0.5 * (err_fake + err_wrong)
     else:
-        uncond_real = _bce(netD.get_uncond_logits(real_features), 1.0)
-        uncond_fake = _bce(netD.get_uncond_logits(fake_features), 0.0)
+        uncond_real = loss.real(netD.get_uncond_logits(real_features))
+        uncond_fake = loss.fake(netD.get_uncond_logits(fake_features))
         parts["uncond_real"] = uncond_real
         parts["uncond_fake"] = uncond_fake
         err_d = (err_real + uncond_real) / 2.0 + (err_fake + err_wrong + uncond_fake) / 3.0
@@ -64,16 +180,21 @@ def discriminator_loss(
 
 
 def generator_loss(
-    netD: nn.Module, fake_images: Tensor, conditions: Tensor, *, stage: int
+    netD: nn.Module,
+    fake_images: Tensor,
+    conditions: Tensor,
+    *,
+    stage: int,
+    loss: AdversarialLoss = BCE,
 ) -> Tensor:
-    """Official adversarial generator loss (without KL): BCE of the conditional head on the
-    non-detached fake images against 1, plus the unconditional head's BCE in Stage II."""
+    """Official adversarial generator loss (without KL): ``loss.generator`` of the conditional
+    head's scores of the non-detached fake images, plus the unconditional head's in Stage II."""
     _check_stage(netD, stage)
     conditions = conditions.detach()
     fake_features = netD(fake_images)
-    err_g = _bce(netD.get_cond_logits(fake_features, conditions), 1.0)
+    err_g = loss.generator(netD.get_cond_logits(fake_features, conditions))
     if stage == 2:
-        err_g = err_g + _bce(netD.get_uncond_logits(fake_features), 1.0)
+        err_g = err_g + loss.generator(netD.get_uncond_logits(fake_features))
     return err_g
 
 

@@ -22,6 +22,9 @@ from stackgan_cli.models.stage1 import Stage1Generator
 from stackgan_cli.models.stage2 import Stage2Generator
 
 _DISCRIMINATOR_PREFIXES = ("encode_img.", "get_cond_logits.", "get_uncond_logits.")
+# Keys only StackGAN-v2 networks have: the first generator stage, the discriminators' encoder.
+_V2_GENERATOR_PREFIX = "h_net1."
+_V2_DISCRIMINATOR_PREFIX = "img_code_s16."
 _RESIDUAL_KEY = re.compile(r"^residual\.(\d+)\.block\.")
 
 
@@ -71,8 +74,10 @@ def load_official_generator(
 def generator_from_state_dict(state: Any, *, name: str) -> tuple[int, ModelConfig, nn.Module]:
     """:func:`load_official_generator` for an already loaded object; ``name`` labels errors."""
     state = _as_state_dict(state, name)
-    if any(key.startswith(_DISCRIMINATOR_PREFIXES) for key in state):
+    if any(key.startswith((*_DISCRIMINATOR_PREFIXES, _V2_DISCRIMINATOR_PREFIX)) for key in state):
         raise StackGANError(f"{name} is a discriminator, not a generator")
+    if any(key.startswith(_V2_GENERATOR_PREFIX) for key in state):
+        raise StackGANError(f"{name} is a StackGAN-v2 generator, not a StackGAN-v1 one")
     if not any(key.startswith(("ca_net.", "STAGE1_G.")) for key in state):
         raise StackGANError(f"{name} is not a StackGAN generator state dict")
     stage, cfg = _infer_config(state, name)
@@ -145,7 +150,8 @@ def _infer_config(state: Mapping[str, Tensor], name: str) -> tuple[int, ModelCon
                 f"{name} fits no StackGAN generator layout (Stage-II gf_dim {encoder_out} "
                 f"differs from its Stage-I gf_dim {gf_dim})"
             )
-    base = next((p for p in PRESETS.values() if p.gf_dim == gf_dim), None)
+    v1_presets = (p for key, p in PRESETS.items() if not key.endswith("-v2"))
+    base = next((p for p in v1_presets if p.gf_dim == gf_dim), None)
     df_dim = base.df_dim if base else max(1, gf_dim // 2)
     r_num_default = base.r_num if base else ModelConfig().r_num
     try:
@@ -166,23 +172,40 @@ def _infer_config(state: Mapping[str, Tensor], name: str) -> tuple[int, ModelCon
 def _check_layout(
     generator: nn.Module, state: Mapping[str, Tensor], stage: int, cfg: ModelConfig, name: str
 ) -> None:
-    """Compare keys and shapes with the model built from the inferred config, naming the first
-    mismatch (``load_state_dict``'s own message lists them all and is hard to read)."""
-    layout = f"a Stage-{stage} generator with {_describe(cfg)}"
-    expected = generator.state_dict()
+    check_state_layout(
+        generator.state_dict(),
+        state,
+        layout=f"a Stage-{stage} generator with {_describe(cfg)}",
+        family="StackGAN",
+        name=name,
+    )
+
+
+def check_state_layout(
+    expected: Mapping[str, Tensor],
+    state: Mapping[str, Tensor],
+    *,
+    layout: str,
+    family: str,
+    name: str,
+) -> None:
+    """Compare the keys and shapes of ``state`` with ``expected`` (the state dict of the
+    network built from the inferred config, described by ``layout``), naming the first
+    mismatch: ``load_state_dict``'s own message lists them all and is hard to read.
+    ``num_batches_tracked`` may be missing (official files predate it)."""
     for key, value in state.items():
         if key not in expected:
             raise StackGANError(
-                f"{name} fits no StackGAN layout: unexpected key {key} for {layout}"
+                f"{name} fits no {family} layout: unexpected key {key} for {layout}"
             )
         if tuple(value.shape) != tuple(expected[key].shape):
             raise StackGANError(
-                f"{name} fits no StackGAN layout: {key} has shape {tuple(value.shape)}, "
+                f"{name} fits no {family} layout: {key} has shape {tuple(value.shape)}, "
                 f"{layout} needs {tuple(expected[key].shape)}"
             )
     for key in expected:
         if key not in state and not key.endswith("num_batches_tracked"):
-            raise StackGANError(f"{name} fits no StackGAN layout: {key} is missing for {layout}")
+            raise StackGANError(f"{name} fits no {family} layout: {key} is missing for {layout}")
 
 
 def _describe(cfg: ModelConfig) -> str:

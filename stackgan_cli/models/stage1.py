@@ -1,4 +1,5 @@
-"""Stage-I networks at 64x64: the official ``STAGE1_G`` and ``STAGE1_D`` (spec 3.3, 3.5)."""
+"""Stage-I networks at 64x64: the official ``STAGE1_G`` and ``STAGE1_D`` (stackgan-pytorch-spec.md
+3.3, 3.5)."""
 
 from __future__ import annotations
 

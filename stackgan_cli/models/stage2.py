@@ -1,4 +1,5 @@
-"""Stage-II networks at 256x256: the official ``STAGE2_G`` and ``STAGE2_D`` (spec 3.6, 3.7)."""
+"""Stage-II networks at 256x256: the official ``STAGE2_G`` and ``STAGE2_D``
+(stackgan-pytorch-spec.md 3.6, 3.7)."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from stackgan_cli.errors import StackGANError
+from stackgan_cli.formats import check_format
 from stackgan_cli.text.threads import torch_threads
 from stackgan_cli.text.tokenize import MAX_TOKENS, Vocabulary, normalize_prompt
 
@@ -192,13 +193,13 @@ class TextEncoder(nn.Module):
 
         A dict that is not a text encoder, or one of another format version, raises
         ``StackGANError``."""
-        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
-            raise StackGANError("not a StackGAN text encoder (its 'format' entry is missing)")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise StackGANError(
-                f"text encoder format version {data.get('format_version')!r} is not supported "
-                f"(this version of stackgan reads {FORMAT_VERSION})"
-            )
+        check_format(
+            data,
+            tag=FORMAT,
+            versions=(FORMAT_VERSION,),
+            where="the text encoder entry",
+            what="StackGAN text encoder",
+        )
         encoder = cls(TextEncoderConfig.from_dict(data["config"]))
         encoder.load_state_dict(data["state_dict"])  # copies float16 into the float32 weights
         return encoder.eval()

@@ -1,23 +1,32 @@
-"""The training checkpoint: one way to write it (atomically), one way to read it.
+"""The training checkpoint: what it holds, one way to write it (atomically), one to read it.
 
-``checkpoints/last.pt`` and the ``epoch_NNNN.pt`` snapshots are the same plain dict, loadable
-with ``torch.load(..., weights_only=True)`` (tensors, numbers, strings, lists and dicts only)::
+``checkpoints/last.pt`` and the ``epoch_NNNN.pt`` snapshots are the same plain dict, built by
+:func:`make_checkpoint` alone and loadable with ``torch.load(..., weights_only=True)`` (tensors,
+numbers, strings, lists and dicts only)::
 
-    {"format": "stackgan-checkpoint", "format_version": 1, "stage": 1 | 2,
-     "generator", "discriminator": state dicts of the bare modules,
-     "optimizer_g", "optimizer_d": optimizer state dicts (their param_groups hold the lrs),
+    {"format": "stackgan-checkpoint", "format_version": 2, "stage": 1 | 2,
+     "generator": state dict of the bare generator,
+     "discriminators": [state dict of each bare discriminator],
+     "optimizer_g": optimizer state dict (its param_groups hold the lr),
+     "optimizers_d": [optimizer state dict of each discriminator],
      "epoch": epochs completed, "step": steps done in the current epoch, "global_step": int,
      "sampler": DeviceBatchSampler.state_dict(),
      "rng": [per rank: {"python", "numpy", "torch", "cuda"}],
-     "amp": {"enabled": bool, "dtype": "bfloat16"} (bf16 needs no loss scaler),
+     "amp": {"enabled": bool, "dtype": "bfloat16", "scaler": None} (bf16 needs no scaler),
+     "generator_average": {name: averaged parameter} or None (training/ema.py; absent in
+     files written before it existed),
      "train_config": TrainConfig.to_dict(), "model_config": ModelConfig.to_dict(),
-     "dataset": {"name", "path", "fingerprint"}, "metrics_bytes": int, "elapsed": seconds}
+     "dataset": {"name", "source" (as given to --dataset), "fingerprint"},
+     "world_size": processes that wrote it, "metrics_bytes": length of metrics.jsonl then,
+     "elapsed": training seconds so far}
+
+Version 1 (one discriminator under "discriminator" / "optimizer_d") is read and upgraded.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +34,18 @@ import numpy as np
 import torch
 
 from stackgan_cli.errors import StackGANError
+from stackgan_cli.formats import check_format
 from stackgan_cli.fsutil import atomic_torch_save
 
 FORMAT = "stackgan-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 LAST = "last.pt"
 _REQUIRED = (
     "stage",
     "generator",
-    "discriminator",
+    "discriminators",
     "optimizer_g",
-    "optimizer_d",
+    "optimizers_d",
     "epoch",
     "step",
     "global_step",
@@ -45,6 +55,52 @@ _REQUIRED = (
     "model_config",
     "dataset",
 )
+
+
+def make_checkpoint(
+    *,
+    stage: int,
+    generator: Mapping[str, Any],
+    discriminators: Sequence[Mapping[str, Any]],
+    optimizer_g: Mapping[str, Any],
+    optimizers_d: Sequence[Mapping[str, Any]],
+    epoch: int,
+    step: int,
+    global_step: int,
+    sampler: Mapping[str, Any],
+    rng: list[dict[str, Any]],
+    amp: bool,
+    generator_average: Mapping[str, Any] | None = None,
+    train_config: Mapping[str, Any],
+    model_config: Mapping[str, Any],
+    dataset: Mapping[str, str],
+    world_size: int,
+    metrics_bytes: int,
+    elapsed: float,
+) -> dict[str, Any]:
+    """The checkpoint dict described in the module docstring."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "stage": stage,
+        "generator": generator,
+        "discriminators": list(discriminators),
+        "optimizer_g": optimizer_g,
+        "optimizers_d": list(optimizers_d),
+        "epoch": epoch,
+        "step": step,
+        "global_step": global_step,
+        "sampler": sampler,
+        "rng": rng,
+        "amp": {"enabled": amp, "dtype": "bfloat16", "scaler": None},
+        "generator_average": dict(generator_average) if generator_average is not None else None,
+        "train_config": dict(train_config),
+        "model_config": dict(model_config),
+        "dataset": dict(dataset),
+        "world_size": world_size,
+        "metrics_bytes": metrics_bytes,
+        "elapsed": elapsed,
+    }
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -62,11 +118,10 @@ def list_snapshots(run_dir: Path) -> list[Path]:
     return sorted(checkpoints_dir(run_dir).glob("epoch_[0-9]*.pt"))
 
 
-def save_checkpoint(state: Mapping[str, Any], path: Path) -> None:
-    """Write ``state`` (see the module docstring) atomically: a crash or SIGKILL during the
-    write leaves the previous file at ``path`` untouched."""
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
-    atomic_torch_save(payload, Path(path))
+def save_checkpoint(checkpoint: Mapping[str, Any], path: Path) -> None:
+    """Write a :func:`make_checkpoint` dict atomically: a crash, SIGKILL or full disk during
+    the write leaves the previous file at ``path`` untouched (the OSError propagates)."""
+    atomic_torch_save(dict(checkpoint), Path(path))
 
 
 def load_checkpoint(path: Path, run_dir: Path | None = None) -> dict[str, Any]:
@@ -85,19 +140,24 @@ def load_checkpoint(path: Path, run_dir: Path | None = None) -> dict[str, Any]:
             f"{path} is unreadable (truncated or corrupt: {type(exc).__name__})"
             f"{_snapshot_hint(run_dir)}"
         ) from None
-    if not isinstance(data, Mapping) or data.get("format") != FORMAT:
-        raise StackGANError(
-            f"{path} is not a stackgan training checkpoint{_snapshot_hint(run_dir)}"
-        )
-    if data.get("format_version") != FORMAT_VERSION:
-        raise StackGANError(
-            f"{path} has checkpoint format version {data.get('format_version')!r}; this "
-            f"stackgan reads version {FORMAT_VERSION}"
-        )
+    version = check_format(
+        data,
+        tag=FORMAT,
+        versions=(1, FORMAT_VERSION),
+        where=str(path),
+        what="stackgan training checkpoint",
+        remedy=_snapshot_hint(run_dir).removeprefix("; "),
+    )
+    data = dict(data)
+    if version == 1:
+        data["discriminators"] = [data.pop("discriminator", None)]
+        data["optimizers_d"] = [data.pop("optimizer_d", None)]
+        data["format_version"] = FORMAT_VERSION
     missing = [key for key in _REQUIRED if key not in data]
+    missing += [key for key in ("discriminators", "optimizers_d") if None in data.get(key, ())]
     if missing:
         raise StackGANError(f"{path} lacks {', '.join(missing)}{_snapshot_hint(run_dir)}")
-    return dict(data)
+    return data
 
 
 def _snapshot_hint(run_dir: Path | None) -> str:

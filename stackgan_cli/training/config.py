@@ -15,17 +15,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-LOAD_SIZE = {1: 76, 2: 304}  # stored image side per stage; random crops to 64 / 256 (spec 2.2)
 SAMPLE_CAPTIONS = 8  # rows of a sample grid (fixed test captions)
 SAMPLE_NOISES = 8  # columns of a sample grid (fixed noise vectors)
 
 
 @dataclass
 class TrainConfig:
-    """How to train; defaults are the official PyTorch birds configuration (spec 1.4)."""
+    """How to train; the field defaults are the official StackGAN-v1 PyTorch birds
+    configuration (stackgan-pytorch-spec.md 1.4). :meth:`for_arch` starts from an
+    architecture's own recipe instead (``ARCH_DEFAULTS``)."""
 
-    stage: int = 1
-    dataset: str = "cub"  # a prepared dataset name, or the path of a prepared folder
+    arch: str = "v1"  # v1: StackGAN-v1 (one stage per run) | v2: StackGAN-v2 tree
+    # v1: the stage to train (None only while unchecked: training/run.py check_options);
+    # v2: None (every branch trains at once)
+    stage: int | None = 1
+    branches: int | None = None  # v2: 1, 2 or 3 branches (64, 128, 256 px); v1: None
+    uncond_coeff: float = 1.0  # v2: weight of the unconditional D/G terms (UNCOND_LOSS)
+    color_coeff: float = 0.0  # v2: colour-consistency weight (COLOR_LOSS; 0 = off for birds)
+    # Moving average of G's parameters after every G step (0 = none, the v1 recipe; v2: 0.999).
+    # Samples and generator files use the average; training continues from the trained weights.
+    ema: float = 0.0
+    # A prepared dataset name, or the path of a prepared folder; None (a new run only) = cub
+    # once prepared (training/run.py default_dataset). Runs always store the resolved one.
+    dataset: str | None = None
     run_dir: str = ""  # filled in when the run starts (runs/<stageN-dataset-time>)
     stage1_ckpt: str | None = None  # Stage II: the Stage-I generator file (or official netG)
     out: str | None = None  # copy the final generator file here
@@ -37,6 +49,26 @@ class TrainConfig:
     # 600 is the official PyTorch default: no decay within 600 epochs (TF used 50 / 100).
     lr_decay_every: int = 600
     kl_coeff: float = 2.0
+    loss: str = "bce"  # adversarial loss (models/losses.py LOSSES); bce is the official one
+    gp_weight: float = 10.0  # --loss wgan-gp: weight of the gradient penalty
+    # Discriminator updates per generator update; every one on the step's real batch and the
+    # fakes of its single G forward (no extra batches drawn: epochs and resume are unchanged).
+    n_critic: int = 1
+    optimizer: str = "adam"  # adam (the official, with beta1/beta2) | rmsprop (no betas)
+    beta1: float = 0.5
+    beta2: float = 0.999
+    # official: each architecture's own (v1 normal(0, 0.02), v2 orthogonal); else one scheme
+    # for every conv/linear weight (training/regimes.py)
+    init: str = "official"
+    tensorboard: bool = False  # TensorBoard event files in RUN_DIR/tensorboard
+    # Network options applied after the networks are built (training/network_options.py):
+    g_norm: str = "batch"  # batch (official) | none: G's BatchNorm layers dropped
+    d_norm: str = "batch"  # batch (official) | none | spectral (no BatchNorm, spectral norm)
+    d_dropout: float = 0.0  # Dropout(P) after every LeakyReLU of the discriminators (0 = none)
+    # DiffAugment policy (training/diffaugment.py): comma-separated color, translation,
+    # cutout applied to every image the discriminators see; "" = none (official)
+    diffaugment: str = ""
+    r1: float = 0.0  # R1 penalty weight gamma on real pairs: gamma/2 E||grad_x D(x, c)||^2
     snapshot_every: int = 50  # epochs between checkpoints/epoch_NNNN.pt (official interval)
     sample_every: int = 10  # epochs between samples/epoch_NNNN.png (and after the last epoch)
     log_every: int = 20  # steps between loss synchronisations (metrics.jsonl, display)
@@ -58,19 +90,34 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def for_arch(cls, arch: str, **options: Any) -> TrainConfig:
+        """The recipe of ``arch`` (the field defaults overlaid with ``ARCH_DEFAULTS[arch]``)
+        with the ``options`` that are not None on top."""
+        given = {key: value for key, value in options.items() if value is not None}
+        return cls(arch=arch, **{**ARCH_DEFAULTS.get(arch, {}), **given})
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys (from a newer version) are ignored and
         missing ones take today's defaults."""
         names = {field.name for field in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in names})
 
-    def image_size(self) -> int:
-        """Side of the training images (64 or 256)."""
-        return 64 if self.stage == 1 else 256
 
-    def load_size(self) -> int:
-        """Side of the stored images the random crops come from (76 or 304)."""
-        return LOAD_SIZE[self.stage]
+# What differs from the field defaults in each architecture's official birds recipe.
+# StackGAN-v2 (stackgan-v2-spec.md 1): batch 24, lr 2e-4 both, KL 2, no decay (as v1), the
+# parameter average 0.999; orthogonal initialisation comes with its networks.
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "v1": {},
+    "v2": {"stage": None, "branches": 3, "batch_size": 24, "ema": 0.999},
+}
+ARCHS = tuple(ARCH_DEFAULTS)
+LOSS_CHOICES = ("bce", "lsgan", "hinge", "wgan-gp")  # models/losses.py LOSSES
+OPTIMIZER_CHOICES = ("adam", "rmsprop")
+INIT_CHOICES = ("official", "orthogonal", "normal", "xavier", "kaiming")
+G_NORM_CHOICES = ("batch", "none")  # training/network_options.py
+D_NORM_CHOICES = ("batch", "none", "spectral")
+DEFAULT_PRESET = {"v1": "birds", "v2": "birds-v2"}
 
 
 def lr_at(base_lr: float, epoch: int, decay_every: int) -> float:
@@ -79,10 +126,13 @@ def lr_at(base_lr: float, epoch: int, decay_every: int) -> float:
     return base_lr * 0.5 ** (epoch // decay_every)
 
 
-def default_run_name(stage: int, dataset: str, now: _dt.datetime | None = None) -> str:
-    """``stage<N>-<dataset>-<YYYYmmdd-HHMMSS>``."""
+def default_run_name(
+    stage: int | None, dataset: str, now: _dt.datetime | None = None, *, arch: str = "v1"
+) -> str:
+    """``stage<N>-<dataset>-<YYYYmmdd-HHMMSS>`` (``v2-<dataset>-...`` for StackGAN-v2)."""
     now = now or _dt.datetime.now()
-    return f"stage{stage}-{Path(dataset).name}-{now:%Y%m%d-%H%M%S}"
+    prefix = "v2" if arch == "v2" else f"stage{stage}"
+    return f"{prefix}-{Path(dataset).name}-{now:%Y%m%d-%H%M%S}"
 
 
 # The widths the nested Stage-I generator shares with the Stage-II network it feeds.
@@ -103,19 +153,20 @@ def resolve_model_dims(
     text_dim: int,
     stage1: Mapping[str, int] | None = None,
     stage1_name: str = "the Stage-I generator",
+    default_preset: str = "birds",
 ) -> dict[str, int]:
     """The ModelConfig fields for a new run, as a dict.
 
     Precedence: explicit width options, then the explicit ``--preset``, then (Stage II) the
-    Stage-I generator's own widths, then the birds preset. ``text_dim`` comes from the
-    dataset's embeddings. For Stage II, the widths the nested Stage-I generator uses
-    (gf_dim, z_dim, condition_dim, text_dim) must equal the Stage-I file's; a mismatch raises
-    StackGANError naming the option and both values.
+    Stage-I generator's own widths, then ``default_preset`` (birds; birds-v2 for StackGAN-v2).
+    ``text_dim`` comes from the dataset's embeddings. For Stage II, the widths the nested
+    Stage-I generator uses (gf_dim, z_dim, condition_dim, text_dim) must equal the Stage-I
+    file's; a mismatch raises StackGANError naming the option and both values.
     """
     from stackgan_cli.errors import StackGANError
     from stackgan_cli.models.config import PRESETS
 
-    preset_dims = PRESETS[preset or "birds"].to_dict()
+    preset_dims = PRESETS[preset or default_preset].to_dict()
     dims = dict(stage1) if stage1 is not None and preset is None else dict(preset_dims)
     for name, value in overrides.items():
         if value is not None:

@@ -38,6 +38,11 @@ class DistContext:
         return self.rank == 0
 
 
+def launched_rank() -> int:
+    """This process's rank under ``torchrun`` (0 without it), known before any process group."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
 def init_distributed(device_choice: str) -> DistContext:
     """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE,
     RANK, LOCAL_RANK, MASTER_ADDR/PORT), or return a single-process context without one.

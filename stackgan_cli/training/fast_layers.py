@@ -73,10 +73,11 @@ class _InterleavePhases(torch.autograd.Function):
         return grad, None
 
 
-def nearest_up_conv3x3(x: Tensor, weight: Tensor) -> Tensor:
+def nearest_up_conv3x3(x: Tensor, weight: Tensor, gemm: bool = False) -> Tensor:
     """``conv2d(interpolate(x, scale_factor=2, mode="nearest"), weight, padding=1)`` for a
     (O, C, 3, 3) ``weight``, computed at the input resolution. (B, C, H, W) -> (B, O, 2H, 2W)
-    in the memory format of ``x``."""
+    in the memory format of ``x``. ``gemm``: the phase convolution as unfold + one matrix
+    product (:func:`gemm_conv2d`, for the CPU)."""
     even_rows, odd_rows = _phase_pairs(weight, 2)  # (O, C, 2, 3) each
     kernels = []
     for rows in (even_rows, odd_rows):
@@ -87,7 +88,13 @@ def nearest_up_conv3x3(x: Tensor, weight: Tensor) -> Tensor:
     if _is_channels_last(x):
         kernel = kernel.contiguous(memory_format=torch.channels_last)
     # Padding 1 with a 2x2 kernel: output (H+1, W+1); phase a of row i sits at row i + a.
-    return _InterleavePhases.apply(F.conv2d(x, kernel, padding=1), weight.shape[0])
+    if gemm:
+        out = gemm_conv2d(x, kernel, (2, 2), (1, 1), (1, 1))
+        if _is_channels_last(x):
+            out = out.contiguous(memory_format=torch.channels_last)
+    else:
+        out = F.conv2d(x, kernel, padding=1)
+    return _InterleavePhases.apply(out, weight.shape[0])
 
 
 class NearestUpConv3x3(nn.Module):
@@ -100,12 +107,14 @@ class NearestUpConv3x3(nn.Module):
         self.weight = conv.weight
         self.in_channels = conv.in_channels
         self.out_channels = conv.out_channels
+        self.gemm = False  # set by gemm_large_convolutions for the widest (CPU)
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, nearest 2x upsampling + 3x3 conv"
+        how = ", as a matrix product" if self.gemm else ""
+        return f"{self.in_channels}, {self.out_channels}, nearest 2x upsampling + 3x3 conv{how}"
 
     def forward(self, x: Tensor) -> Tensor:
-        return nearest_up_conv3x3(x, self.weight)
+        return nearest_up_conv3x3(x, self.weight, self.gemm)
 
 
 def _fusable(upsample: nn.Module, conv: nn.Module) -> bool:
@@ -141,7 +150,29 @@ def fuse_nearest_upsampling(module: nn.Module) -> int:
 
 
 # Convolutions with at least this many weights run as matrix products on the CPU (see below).
-GEMM_MIN_WEIGHTS = 1 << 24
+# 4M: every convolution of the StackGAN discriminators at 8x8 or 4x4 outputs with 1024 channels
+# on one side (8.4M weights 512 -> 1024 4x4, 4.7M 1024 -> 512 3x3, ...) and the fused phase
+# convolution of the generators' first (1024 channels at 4x4) up-blocks gain; below it
+# (2-3M: 640 -> 512 3x3, 256 -> 512 4x4 at 16x16) oneDNN is as fast or faster.
+GEMM_MIN_WEIGHTS = 1 << 22
+
+
+def gemm_conv2d(
+    x: Tensor,
+    weight: Tensor,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+) -> Tensor:
+    """``conv2d(x, weight, stride=stride, padding=padding)`` without bias, as unfold + one
+    matrix product."""
+    b, _, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    out_h, out_w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    out_channels = weight.shape[0]
+    columns = F.unfold(x.contiguous(), kernel_size, padding=padding, stride=stride)
+    out = torch.matmul(weight.reshape(out_channels, -1), columns)  # (B, O, L)
+    return out.view(b, out_channels, out_h, out_w)
 
 
 class GemmConv2d(nn.Module):
@@ -170,23 +201,22 @@ class GemmConv2d(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        b, _, h, w = x.shape
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        out_h, out_w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        columns = F.unfold(
-            x.contiguous(), self.kernel_size, padding=self.padding, stride=self.stride
-        )
-        out = torch.matmul(self.weight.reshape(self.out_channels, -1), columns)  # (B, O, L)
-        return out.view(b, self.out_channels, out_h, out_w)
+        return gemm_conv2d(x, self.weight, self.kernel_size, self.stride, self.padding)
 
 
 def gemm_large_convolutions(module: nn.Module, min_weights: int = GEMM_MIN_WEIGHTS) -> int:
     """In place: plain bias-free convolutions (no dilation or groups) with at least
-    ``min_weights`` weights become :class:`GemmConv2d`. Returns how many."""
+    ``min_weights`` weights become :class:`GemmConv2d`, and fused upsampling convolutions
+    (:class:`NearestUpConv3x3`) whose phase kernel (16 x in x out weights) has at least
+    ``min_weights`` compute it as a matrix product. Returns how many."""
     count = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if (
+            if isinstance(child, NearestUpConv3x3):
+                if 16 * child.in_channels * child.out_channels >= min_weights:
+                    child.gemm = True
+                    count += 1
+            elif (
                 type(child) is nn.Conv2d
                 and child.weight.numel() >= min_weights
                 and child.bias is None

@@ -1,4 +1,4 @@
-"""The epoch loop of one run: steps, logging, checkpoints, samples, stopping.
+"""The training loop of one run: steps, then once per logging point and per epoch the upkeep.
 
 A :class:`Trainer` is built from a TrainConfig, a ModelConfig and a prepared dataset (see
 ``training/run.py`` for starting and resuming), optionally loads a checkpoint's state, and
@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,15 +25,20 @@ import torch
 
 from stackgan_cli.console import warn
 from stackgan_cli.data.sampler import DeviceBatchSampler
+from stackgan_cli.data.wrong_sampler import WrongImageSampler
 from stackgan_cli.errors import StackGANError
-from stackgan_cli.fsutil import atomic_file
+from stackgan_cli.fsutil import copy_file
 from stackgan_cli.generator_file import save_generator_file
-from stackgan_cli.models import ModelConfig, build_discriminator, build_generator
+from stackgan_cli.models import ModelConfig
+from stackgan_cli.models.losses import adversarial_loss
 from stackgan_cli.training import checkpoint as ckpt
 from stackgan_cli.training import distributed as dist_utils
 from stackgan_cli.training.config import SAMPLE_CAPTIONS, SAMPLE_NOISES, TrainConfig, lr_at
+from stackgan_cli.training.ema import ParameterAverage
+from stackgan_cli.training.family import family_for
 from stackgan_cli.training.plot import plot_losses
 from stackgan_cli.training.progress import TrainProgress
+from stackgan_cli.training.regimes import TensorBoardLog, apply_init, describe_regime
 from stackgan_cli.training.samples import make_sample_sheet, write_sample_grid
 from stackgan_cli.training.signals import StopRequest
 from stackgan_cli.training.step import GANStep, loss_names, make_optimizers, prepare_modules
@@ -42,12 +48,20 @@ class TrainingInterrupted(Exception):
     """Raised after a stop request once ``last.pt`` holds the state to continue from:
     ``epoch`` epochs completed and ``step`` steps of the next one."""
 
-    def __init__(self, run_dir: Path, epoch: int, step: int, signal_name: str | None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        epoch: int,
+        step: int,
+        signal_name: str | None,
+        main_process: bool = True,
+    ) -> None:
         super().__init__(self.where(epoch, step))
         self.run_dir = run_dir
         self.epoch = epoch
         self.step = step
         self.signal_name = signal_name
+        self.main_process = main_process  # rank 0 (or no torchrun): the one that reports
 
     @staticmethod
     def where(epoch: int, step: int) -> str:
@@ -65,6 +79,7 @@ class TrainResult:
     global_step: int
     out: Path | None
     already_complete: bool = False  # resume found nothing left to train
+    main_process: bool = True  # rank 0 (or no torchrun): the one that reports
 
 
 def resolve_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
@@ -72,6 +87,13 @@ def resolve_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
     if cfg.channels_last is None:
         return device.type == "cuda"
     return bool(cfg.channels_last)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global random streams."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 class Trainer:
@@ -93,63 +115,89 @@ class Trainer:
         self.ctx = ctx
         self.device = ctx.device
         self.run_dir = Path(run_dir)
-        self.stage = cfg.stage
-        cuda = self.device.type == "cuda"
-        self.amp = cfg.amp and cuda  # bf16 autocast; the CPU always trains in float32
-        if cuda:
-            torch.backends.cudnn.benchmark = True
-
+        self.family = family_for(cfg)
+        self.amp = cfg.amp and self.device.type == "cuda"  # the CPU always trains in float32
         # Seeded per rank: the noise and CA draws differ across ranks; DDP broadcasts rank 0's
         # initial weights, so the networks start equal everywhere.
-        random.seed(cfg.seed + ctx.rank)
-        np.random.seed(cfg.seed + ctx.rank)
-        torch.manual_seed(cfg.seed + ctx.rank)
+        seed_everything(cfg.seed + ctx.rank)
+        self._build_networks(stage1_state)
+        self._build_data()
+        self.global_step = 0
+        self.elapsed = 0.0  # training seconds over all sessions of this run
+        self.metrics_bytes = 0
+        self.last_saved: tuple[int, int] | None = None  # (epoch, step) of last.pt
+        # --tensorboard: event files beside the metrics (rank 0 writes them).
+        self.tensorboard = TensorBoardLog(self.run_dir) if cfg.tensorboard and ctx.is_main else None
 
-        self.netG = build_generator(self.stage, model_cfg)
-        self.netD = build_discriminator(self.stage, model_cfg)
-        if stage1_state is not None:
-            self.netG.STAGE1_G.load_state_dict(stage1_state)
-        self.netG.to(self.device).train()
-        self.netD.to(self.device).train()
+    def _build_networks(self, stage1_state: dict[str, torch.Tensor] | None) -> None:
+        """Generator, discriminators, their fast paths, DDP wrappers, optimizers, the step."""
+        cfg, cuda = self.cfg, self.device.type == "cuda"
+        if cuda:
+            torch.backends.cudnn.benchmark = True
+        self.netG, self.netDs = self.family.build(self.model_cfg, stage1_state)
+        # --init other than official; the frozen Stage-I generator of Stage II keeps its weights.
+        apply_init(cfg.init, self.netG, *self.netDs, skip=(getattr(self.netG, "STAGE1_G", None),))
+        for module in (self.netG, *self.netDs):
+            module.to(self.device).train()
         self.channels_last = resolve_channels_last(cfg, self.device)
         prepare_modules(
             self.netG,
-            self.netD,
+            self.netDs,
             channels_last=self.channels_last,
             compile=cfg.compile,
             fused_upsample=cfg.fast_layers,
             gemm_convs=cfg.fast_layers and not cuda,
         )
-        ddp_g = dist_utils.wrap_ddp(self.netG, ctx)
-        ddp_d = dist_utils.wrap_ddp(self.netD, ctx)
-        self.opt_g, self.opt_d = make_optimizers(
-            self.netG, self.netD, lr_g=cfg.lr_g, lr_d=cfg.lr_d, device=self.device
-        )
-        self.step_fn = GANStep(
+        self.opt_g, self.opt_ds = make_optimizers(
             self.netG,
-            self.netD,
+            self.netDs,
+            lr_g=cfg.lr_g,
+            lr_d=cfg.lr_d,
+            device=self.device,
+            optimizer=cfg.optimizer,
+            betas=(cfg.beta1, cfg.beta2),
+        )
+        self.average = ParameterAverage(self.netG, cfg.ema) if cfg.ema > 0 else None
+        self.step_fn = GANStep(
+            self.family,
+            self.netG,
+            self.netDs,
             self.opt_g,
-            self.opt_d,
-            stage=self.stage,
+            self.opt_ds,
+            loss=adversarial_loss(cfg.loss),
             kl_coeff=cfg.kl_coeff,
-            z_dim=model_cfg.z_dim,
+            gp_weight=cfg.gp_weight,
+            n_critic=cfg.n_critic,
+            z_dim=self.model_cfg.z_dim,
             device=self.device,
             amp=self.amp,
-            ddp_g=ddp_g,
-            ddp_d=ddp_d,
+            ddp_g=dist_utils.wrap_ddp(self.netG, self.ctx),
+            ddp_ds=[
+                dist_utils.wrap_ddp(self.family.encoder(netD), self.ctx) for netD in self.netDs
+            ],
         )
-        self.loss_names = loss_names(self.stage)
+        self.loss_names = loss_names(
+            self.family, len(self.netDs), gradient_penalty=self.step_fn.loss.gradient_penalty
+        )
 
+    def _build_data(self) -> None:
+        """The device-resident batch sampler and the fixed inputs of the sample grids."""
+        cfg, ctx, dataset = self.cfg, self.ctx, self.dataset
         train = dataset.split("train")
         if len(train) < cfg.batch_size * ctx.world_size:
             raise StackGANError(
                 f"--batch-size {cfg.batch_size} x {ctx.world_size} process(es) is more than the "
                 f"{len(train)} training images of {dataset.name!r}"
             )
-        self.sampler = DeviceBatchSampler(
-            train.images(cfg.load_size()),
+        # v2 draws a wrong image of another class per sample (data/wrong_sampler.py).
+        sampler_class, sampler_args = DeviceBatchSampler, ()
+        if self.family.wrong_images:
+            sampler_class, sampler_args = WrongImageSampler, (train.class_ids,)
+        self.sampler = sampler_class(
+            train.images(self.family.load_size),
             train.embeddings,
-            image_size=cfg.image_size(),
+            *sampler_args,
+            image_size=self.family.image_size,
             batch_size=cfg.batch_size,
             device=self.device,
             seed=cfg.seed,
@@ -162,16 +210,12 @@ class Trainer:
         self.sheet = make_sample_sheet(
             sheet_split.captions,
             sheet_split.embeddings,
-            z_dim=model_cfg.z_dim,
-            condition_dim=model_cfg.condition_dim,
+            z_dim=self.model_cfg.z_dim,
+            condition_dim=self.model_cfg.condition_dim,
             seed=cfg.seed,
             rows=SAMPLE_CAPTIONS,
             cols=SAMPLE_NOISES,
         )
-        self.global_step = 0
-        self.elapsed = 0.0  # training seconds over all sessions of this run
-        self.metrics_bytes = 0
-        self.last_saved: tuple[int, int] | None = None  # (epoch, step) of last.pt
 
     # --- paths ---------------------------------------------------------------------------
     @property
@@ -195,36 +239,49 @@ class Trainer:
             "fingerprint": self.dataset.fingerprint,
         }
 
-    def checkpoint_state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
+    def checkpoint(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
         """Everything :meth:`load_state` needs to continue exactly from here."""
-        return {
-            "stage": self.stage,
-            "generator": self.netG.state_dict(),
-            "discriminator": self.netD.state_dict(),
-            "optimizer_g": self.opt_g.state_dict(),
-            "optimizer_d": self.opt_d.state_dict(),
-            "epoch": self.sampler.epoch,
-            "step": self.sampler.step,
-            "global_step": self.global_step,
-            "sampler": self.sampler.state_dict(),
-            "rng": rng,
-            "amp": {"enabled": self.amp, "dtype": "bfloat16", "scaler": None},
-            "train_config": self.cfg.to_dict(),
-            "model_config": self.model_cfg.to_dict(),
-            "dataset": self.dataset_info(),
-            "world_size": self.ctx.world_size,
-            "metrics_bytes": self.metrics_bytes,
-            "elapsed": self.elapsed,
-        }
+        return ckpt.make_checkpoint(
+            stage=self.cfg.stage,
+            generator=self.netG.state_dict(),
+            discriminators=[netD.state_dict() for netD in self.netDs],
+            optimizer_g=self.opt_g.state_dict(),
+            optimizers_d=[opt.state_dict() for opt in self.opt_ds],
+            epoch=self.sampler.epoch,
+            step=self.sampler.step,
+            global_step=self.global_step,
+            sampler=self.sampler.state_dict(),
+            rng=rng,
+            amp=self.amp,
+            generator_average=self.average.state_dict() if self.average is not None else None,
+            train_config=self.cfg.to_dict(),
+            model_config=self.model_cfg.to_dict(),
+            dataset=self.dataset_info(),
+            world_size=self.ctx.world_size,
+            metrics_bytes=self.metrics_bytes,
+            elapsed=self.elapsed,
+        )
 
     def load_state(self, state: dict[str, Any], source: Path) -> None:
         """Restore networks, optimizers, sampler position, counters and random states."""
         try:
+            if len(state["discriminators"]) != len(self.netDs):
+                raise ValueError(
+                    f"{len(state['discriminators'])} discriminators, the run has {len(self.netDs)}"
+                )
             self.netG.load_state_dict(state["generator"])
-            self.netD.load_state_dict(state["discriminator"])
             self.opt_g.load_state_dict(state["optimizer_g"])
-            self.opt_d.load_state_dict(state["optimizer_d"])
+            for netD, opt, saved_d, saved_opt in zip(
+                self.netDs, self.opt_ds, state["discriminators"], state["optimizers_d"], strict=True
+            ):
+                netD.load_state_dict(saved_d)
+                opt.load_state_dict(saved_opt)
             self.sampler.load_state_dict(state["sampler"])
+            if self.average is not None:
+                saved_average = state.get("generator_average")
+                if saved_average is None:
+                    raise ValueError("it holds no average of the generator's parameters")
+                self.average.load_state_dict(saved_average)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise StackGANError(
                 f"{source} does not fit this run's networks or data: {exc}"
@@ -243,51 +300,85 @@ class Trainer:
                     f"{source} was written by {len(rng)} processes and training continues "
                     f"with {self.ctx.world_size}: the continuation is not bit-identical"
                 )
-            seed = self.cfg.seed + self.ctx.rank + 1_000_003 * self.global_step
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            torch.manual_seed(seed)
+            seed_everything(self.cfg.seed + self.ctx.rank + 1_000_003 * self.global_step)
         self.last_saved = (self.sampler.epoch, self.sampler.step)
 
     # --- files ---------------------------------------------------------------------------
-    def _save(self, *, epoch_end: bool) -> None:
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Turn a failed write (disk full, permissions...) into one line that says what failed
+        and where the run can continue from. Collective: every rank learns of rank 0's failure."""
+        failure: OSError | None = None
+        try:
+            yield
+        except OSError as exc:
+            failure = exc
+        if dist_utils.any_rank(self.ctx, failure is not None):
+            reason = f" ({failure.strerror or failure})" if failure is not None else ""
+            where = self._last_good("is intact")
+            if self.last_saved is not None:
+                where += f" and `stackgan resume {self.run_dir}` continues from it once the "
+                where += "problem is fixed (e.g. there is space again)"
+            raise StackGANError(
+                f"training stopped: writing {what} failed{reason}; {where}"
+            ) from None
+
+    def _last_good(self, state: str) -> str:
+        """The last good checkpoint and its position, then ``state``, for messages."""
+        if self.last_saved is None:
+            return "no checkpoint was written yet (the first epoch did not finish)"
+        epoch, step = self.last_saved
+        position = f"after epoch {epoch}" + (f", step {step}" if step else "")
+        return f"the last good checkpoint, {self.checkpoints / ckpt.LAST} ({position}), {state}"
+
+    def save(self, progress: TrainProgress, *, epoch_end: bool) -> None:
         """last.pt (+ snapshot and generator.pt at epoch ends). Collective: every rank calls."""
         rng = dist_utils.gather_objects(self.ctx, ckpt.capture_rng(self.device))
-        if self.ctx.is_main:
-            state = self.checkpoint_state(rng)
-            ckpt.save_checkpoint(state, self.checkpoints / ckpt.LAST)
-            epochs_done = self.sampler.epoch
-            if epoch_end and epochs_done % self.cfg.snapshot_every == 0:
-                path = self.checkpoints / ckpt.snapshot_name(epochs_done)
-                ckpt.save_checkpoint(state, path)
-                self.progress.message(f"snapshot: {path}")
-            self.write_generator_file()
+        with self._writing("the checkpoint"):
+            if self.ctx.is_main:
+                state = self.checkpoint(rng)
+                ckpt.save_checkpoint(state, self.checkpoints / ckpt.LAST)
+                epochs_done = self.sampler.epoch
+                if epoch_end and epochs_done % self.cfg.snapshot_every == 0:
+                    path = self.checkpoints / ckpt.snapshot_name(epochs_done)
+                    ckpt.save_checkpoint(state, path)
+                    progress.message(f"snapshot: {path}")
+                self.write_generator_file()
         self.last_saved = (self.sampler.epoch, self.sampler.step)
-        dist_utils.barrier(self.ctx)
+
+    def _averaged(self) -> AbstractContextManager:
+        """The generator's averaged parameters in place for the duration (when it keeps one)."""
+        return self.average.applied() if self.average is not None else nullcontext()
 
     def write_generator_file(self) -> None:
-        """generator.pt: the current generator with the dataset's text encoder."""
-        save_generator_file(
-            self.generator_path,
-            self.netG,
-            self.model_cfg,
-            stage=self.stage,
-            text_encoder=self.dataset.text_encoder_dict(),
-            dataset=self.dataset.name,
-            epoch=self.sampler.epoch,
-        )
+        """generator.pt: the current generator (its parameter average, if kept) with the
+        dataset's text encoder."""
+        with self._averaged():
+            save_generator_file(
+                self.generator_path,
+                self.netG,
+                self.model_cfg,
+                stage=self.cfg.stage if self.cfg.arch == "v1" else None,
+                text_encoder=self.dataset.text_encoder_dict(),
+                dataset=self.dataset.name,
+                epoch=self.sampler.epoch,
+            )
 
-    def _write_samples(self) -> None:
+    def write_samples(self, progress: TrainProgress) -> None:
+        """samples/epoch_NNNN.png: the fixed captions and noise through the current generator."""
         path = self.run_dir / "samples" / f"epoch_{self.sampler.epoch:04d}.png"
-        write_sample_grid(
-            path,
-            self.netG,
-            self.sheet,
-            stage=self.stage,
-            device=self.device,
-            autocast=self.step_fn.autocast,
-        )
-        self.progress.message(f"samples: {path}")
+        with self._averaged():
+            write_sample_grid(
+                path,
+                self.netG,
+                self.sheet,
+                family=self.family,
+                device=self.device,
+                autocast=self.step_fn.autocast,
+            )
+        if self.tensorboard is not None:
+            self.tensorboard.image(path, self.global_step)
+        progress.message(f"samples: {path}")
 
     def _append_metrics(self, record: dict[str, Any]) -> None:
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
@@ -302,7 +393,7 @@ class Trainer:
                 handle.truncate(self.metrics_bytes)
 
     # --- logging -------------------------------------------------------------------------
-    def _flush_window(self, epoch: int, *, epoch_end: bool) -> None:
+    def _flush_window(self, progress: TrainProgress, *, epoch_end: bool) -> None:
         """Read the losses of the steps since the last logging point (one host sync), stop on
         a non-finite one, write a metrics record and update the display."""
         count = self._window_len
@@ -315,6 +406,8 @@ class Trainer:
         self.elapsed += seconds
         self._window_start = now
         self._window_len = 0
+        # The epoch these steps belong to (the sampler has already moved past an epoch's end).
+        epoch = self.sampler.epoch - 1 if epoch_end else self.sampler.epoch
         bad = (~torch.isfinite(values)).any(dim=1).nonzero()
         if len(bad) > 0:
             first = int(bad[0])
@@ -324,7 +417,13 @@ class Trainer:
                 for k, name in enumerate(self.loss_names)
                 if not math.isfinite(values[first, k].item())
             )
-            raise StackGANError(self._non_finite_message(step, epoch, names))
+            raise StackGANError(
+                f"training stopped: a loss became non-finite ({names}) at step {step} "
+                f"(epoch {epoch + 1}) under {describe_regime(self.cfg)}; "
+                f"{self._last_good('is left untouched')}. Lower --lr-g/--lr-d, try other "
+                "settings (e.g. the official --loss bce, --optimizer adam) or check the data, "
+                "then start a new run"
+            )
         means = values.sum(dim=0) / (count * self.ctx.world_size)
         images = count * self.sampler.global_batch
         record: dict[str, Any] = {
@@ -336,122 +435,137 @@ class Trainer:
         record.update(
             {
                 "lr_g": self.opt_g.param_groups[0]["lr"],
-                "lr_d": self.opt_d.param_groups[0]["lr"],
+                "lr_d": self.opt_ds[0].param_groups[0]["lr"],
                 "images_per_s": images / seconds if seconds > 0 else 0.0,
                 "time": round(self.elapsed, 3),
             }
         )
         if self.ctx.is_main:
             self._append_metrics(record)
-        self.progress.update(record, epoch_end=epoch_end)
+            if self.tensorboard is not None:
+                self.tensorboard.scalars(record, self.global_step)
+        progress.update(record, epoch_end=epoch_end)
 
-    def _non_finite_message(self, step: int, epoch: int, names: str) -> str:
-        last = self.checkpoints / ckpt.LAST
-        if self.last_saved is None:
-            where = "no checkpoint was written yet (the first epoch did not finish)"
-        else:
-            saved_epoch, saved_step = self.last_saved
-            position = f"after epoch {saved_epoch}" + (f", step {saved_step}" if saved_step else "")
-            where = f"the last good checkpoint is {last} ({position}), left untouched"
-        return (
-            f"training stopped: a loss became non-finite ({names}) at step {step} "
-            f"(epoch {epoch + 1}); {where}. Lower --lr-g/--lr-d or check the data, then "
-            f"start a new run"
-        )
+    def _set_learning_rates(self) -> None:
+        """The learning rates of the epoch the sampler is in (halved every lr_decay_every)."""
+        epoch, cfg = self.sampler.epoch, self.cfg
+        for group in self.opt_g.param_groups:
+            group["lr"] = lr_at(cfg.lr_g, epoch, cfg.lr_decay_every)
+        for opt in self.opt_ds:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg.lr_d, epoch, cfg.lr_decay_every)
 
     # --- the loop ------------------------------------------------------------------------
-    def fit(self) -> TrainResult:
-        """Train from the current position up to ``cfg.epochs`` completed epochs."""
-        cfg, sampler = self.cfg, self.sampler
+    def progress_display(self) -> TrainProgress:
+        """The display :meth:`fit` reports to (rank 0 only shows anything)."""
+        sampler = self.sampler
         spe = sampler.steps_per_epoch
-        self._window = torch.zeros(cfg.log_every, len(self.loss_names), device=self.device)
-        self._window_len = 0
-        # The stop flag is local to each process; under DDP the ranks agree on it at logging
-        # points (and after every step on the CPU, where that collective is cheap).
-        stop_every = 1 if not self.ctx.enabled or self.device.type == "cpu" else cfg.log_every
-        self.progress = TrainProgress(
-            stage=self.stage,
-            epochs=cfg.epochs,
+        return TrainProgress(
+            title=self.family.name,
+            epochs=self.cfg.epochs,
             start_epoch=sampler.epoch + 1,
-            total_steps=cfg.epochs * spe,
+            total_steps=self.cfg.epochs * spe,
             done_steps=sampler.epoch * spe + sampler.step,
             global_batch=sampler.global_batch,
             enabled=self.ctx.is_main,
         )
-        with StopRequest(notify=self.ctx.is_main) as stop, self.progress:
-            processes = f" x {self.ctx.world_size} processes" if self.ctx.enabled else ""
-            self.progress.message(
-                f"stage {self.stage} on {self.dataset.name} ({sampler.num_images} images): "
-                f"{spe} steps of {cfg.batch_size}{processes} per epoch, epochs "
-                f"{sampler.epoch + 1}-{cfg.epochs}, {self.device}; run directory {self.run_dir}"
-            )
-            self._window_start = time.perf_counter()
-            while sampler.epoch < cfg.epochs:
-                epoch = sampler.epoch
-                for group in self.opt_g.param_groups:
-                    group["lr"] = lr_at(cfg.lr_g, epoch, cfg.lr_decay_every)
-                for group in self.opt_d.param_groups:
-                    group["lr"] = lr_at(cfg.lr_d, epoch, cfg.lr_decay_every)
-                while True:
-                    real, text = sampler.next_batch()
-                    losses = self.step_fn(real, text)
-                    self._window[self._window_len].copy_(losses)
-                    self._window_len += 1
-                    self.global_step += 1
-                    self.progress.advance(epoch + 1)
-                    epoch_end = sampler.step == 0
-                    if epoch_end or self.global_step % cfg.log_every == 0:
-                        self._flush_window(epoch, epoch_end=epoch_end)
-                    if epoch_end:
-                        break
-                    if self.global_step % stop_every == 0 and dist_utils.any_rank(
-                        self.ctx, stop.requested
-                    ):
-                        self._flush_window(epoch, epoch_end=False)
-                        self._save(epoch_end=False)
-                        raise TrainingInterrupted(
-                            self.run_dir, epoch, sampler.step, stop.signal_name
-                        )
-                self._end_epoch()
-                self._window_start = time.perf_counter()
-                if dist_utils.any_rank(self.ctx, stop.requested) and sampler.epoch < cfg.epochs:
-                    raise TrainingInterrupted(self.run_dir, sampler.epoch, 0, stop.signal_name)
-        return self._finish()
 
-    def _end_epoch(self) -> None:
+    def fit(self, progress: TrainProgress, stop: StopRequest) -> TrainResult:
+        """Train from the current position up to ``cfg.epochs`` completed epochs.
+
+        ``progress`` shows what happens; ``stop.requested`` (Ctrl-C, SIGTERM) ends the run
+        with a saved ``last.pt`` and :class:`TrainingInterrupted`.
+        """
+        cfg, ctx, sampler = self.cfg, self.ctx, self.sampler
+        self._window = torch.zeros(cfg.log_every, len(self.loss_names), device=self.device)
+        self._window_len = 0
+        # The stop flag is local to each process; under DDP the ranks agree on it at logging
+        # points (and after every step on the CPU, where that collective is cheap).
+        stop_every = 1 if not ctx.enabled or self.device.type == "cpu" else cfg.log_every
+        processes = f" x {ctx.world_size} processes" if ctx.enabled else ""
+        progress.message(
+            f"{self.family.name} on {self.dataset.name} ({sampler.num_images} images): "
+            f"{sampler.steps_per_epoch} steps of {cfg.batch_size}{processes} per epoch, epochs "
+            f"{sampler.epoch + 1}-{cfg.epochs}, {self.device}; run directory {self.run_dir}"
+        )
+        self._set_learning_rates()
+        self._window_start = time.perf_counter()
+        while sampler.epoch < cfg.epochs:
+            batch = sampler.next_batch()  # (real, text), or (real, text, wrong) for v2
+            losses = self.step_fn(*batch)
+            if self.average is not None:
+                self.average.update()
+            self._window[self._window_len].copy_(losses)
+            self._window_len += 1
+            self.global_step += 1
+            epoch_end = sampler.step == 0
+            progress.advance(sampler.epoch if epoch_end else sampler.epoch + 1)
+
+            # Upkeep: metrics, then at an epoch's end the checkpoint and samples, then stopping.
+            if epoch_end or self.global_step % cfg.log_every == 0:
+                self._flush_window(progress, epoch_end=epoch_end)
+            if epoch_end:
+                self._end_epoch(progress)
+            if (epoch_end or self.global_step % stop_every == 0) and dist_utils.any_rank(
+                ctx, stop.requested
+            ):
+                if sampler.epoch < cfg.epochs:
+                    if not epoch_end:
+                        self._flush_window(progress, epoch_end=False)
+                        self.save(progress, epoch_end=False)
+                    raise TrainingInterrupted(
+                        self.run_dir, sampler.epoch, sampler.step, stop.signal_name, ctx.is_main
+                    )
+        return self.finish(already_complete=False)
+
+    def _end_epoch(self, progress: TrainProgress) -> None:
+        """Checkpoint, samples every ``sample_every`` epochs, the next epoch's learning rates."""
         done = self.sampler.epoch
-        self._save(epoch_end=True)
-        if self.ctx.is_main and (done % self.cfg.sample_every == 0 or done == self.cfg.epochs):
-            self._write_samples()
+        self.save(progress, epoch_end=True)
+        if done % self.cfg.sample_every == 0 or done == self.cfg.epochs:
+            with self._writing("the sample grid"):
+                if self.ctx.is_main:
+                    self.write_samples(progress)
+        self._set_learning_rates()
+        if self.tensorboard is not None:
+            self.tensorboard.flush()
+        self._window_start = time.perf_counter()
 
-    def _finish(self) -> TrainResult:
+    def finish(self, *, already_complete: bool) -> TrainResult:
+        """The final files (generator file, loss plot, the --out copy) and the result. Used at
+        the end of training and by a resume that finds nothing left to train."""
         out = Path(self.cfg.out) if self.cfg.out else None
+        with self._writing("the final files"):
+            if self.ctx.is_main:
+                if not self.generator_path.exists():
+                    self.write_generator_file()
+                plot_losses(
+                    self.metrics_path,
+                    self.run_dir / "losses.png",
+                    title=f"{self.family.name} on {self.dataset.name}",
+                )
+                if out is not None:
+                    copy_file(self.generator_path, out)
+                if self.tensorboard is not None:
+                    self.tensorboard.close()
         if self.ctx.is_main:
-            if not self.generator_path.exists():
-                self.write_generator_file()
-            plot_losses(
-                self.metrics_path,
-                self.run_dir / "losses.png",
-                title=f"stage {self.stage} on {self.dataset.name}",
-            )
-            if out is not None:
-                copy_file(self.generator_path, out)
             stale = initial_batchnorm_share(self.netG, self.global_step)
-            if stale > STALE_BATCHNORM_SHARE:
+            if stale > STALE_BATCHNORM_SHARE and not already_complete:
                 warn(
                     f"only {self.global_step} training steps: the generator's BatchNorm running "
                     f"statistics are still {stale:.0%} their initial values, so sample grids and "
                     "`stackgan generate` (eval mode) may look flat and grey; train for more steps"
                 )
-        # Ranks leave together: one that tears down its process group while rank 0 still
-        # writes the final files has been seen to abort in gloo.
-        dist_utils.barrier(self.ctx)
+        # Ranks leave together (the collective in _writing): one that tears down its process
+        # group while rank 0 still writes the final files has been seen to abort in gloo.
         return TrainResult(
             run_dir=self.run_dir,
             generator_path=self.generator_path,
             epochs=self.sampler.epoch,
             global_step=self.global_step,
             out=out,
+            already_complete=already_complete,
+            main_process=self.ctx.is_main,
         )
 
 
@@ -468,9 +582,3 @@ def initial_batchnorm_share(module: torch.nn.Module, steps: int) -> float:
         if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm) and layer.momentum
     ]
     return max(((1.0 - momentum) ** steps for momentum in momenta), default=0.0)
-
-
-def copy_file(source: Path, target: Path) -> None:
-    """Copy ``source`` to ``target`` atomically (a half-copied generator file never exists)."""
-    with open(source, "rb") as src, atomic_file(Path(target), "wb") as dst:
-        shutil.copyfileobj(src, dst, length=1 << 20)

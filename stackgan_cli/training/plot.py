@@ -5,14 +5,14 @@ Pillow is already a dependency; matplotlib would add tens of megabytes for one l
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
 from stackgan_cli.imaging import save_png
+from stackgan_cli.training.metrics_file import read_metrics
 
 SERIES = (
     ("errD", "D loss", (31, 119, 180)),
@@ -23,19 +23,6 @@ _SIZE = (960, 540)
 _MARGIN = (70, 30, 30, 50)  # left, top, right, bottom
 _AXIS = (60, 60, 60)
 _GRID = (225, 225, 225)
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The records of a metrics.jsonl file (a torn last line is skipped)."""
-    records = []
-    if not Path(path).exists():
-        return records
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 def _ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -58,7 +45,9 @@ def _label(value: float) -> str:
     return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.2e}"
 
 
-def _text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font, fill, align: str):
+def draw_text(
+    draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font, fill, align: str
+) -> None:
     """Draw ``text`` with its anchor point at ``xy``: align is "right-middle", "middle-top",
     "middle-bottom" or "left-top" (bounding boxes, so the bitmap fallback font works too)."""
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
@@ -68,6 +57,52 @@ def _text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font, f
     x -= {"left": 0, "middle": width / 2, "right": width}[horizontal] + left
     y -= {"top": 0, "middle": height / 2, "bottom": height}[vertical] + top
     draw.text((x, y), text, fill=fill, font=font)
+
+
+def draw_axes(
+    draw: ImageDraw.ImageDraw,
+    font,
+    box: tuple[float, float, float, float],
+    xrange: tuple[float, float],
+    yrange: tuple[float, float],
+) -> Callable[[float, float], tuple[float, float]]:
+    """Grid lines, labelled ticks and the frame of a chart occupying ``box`` (x0, y0, x1, y1)
+    for data in ``xrange`` x ``yrange``; returns the data-to-pixel mapping."""
+    x0, y0, x1, y1 = box
+    (xmin, xmax), (ymin, ymax) = xrange, yrange
+
+    def to_px(x: float, y: float) -> tuple[float, float]:
+        return (
+            x0 + (x - xmin) / (xmax - xmin) * (x1 - x0),
+            y1 - (y - ymin) / (ymax - ymin) * (y1 - y0),
+        )
+
+    for tick in _ticks(ymin, ymax):
+        _, py = to_px(xmin, tick)
+        draw.line([(x0, py), (x1, py)], fill=_GRID)
+        draw_text(draw, (x0 - 8, py), _label(tick), font, _AXIS, "right-middle")
+    for tick in _ticks(xmin, xmax):
+        px, _ = to_px(tick, ymin)
+        draw.line([(px, y1), (px, y1 + 4)], fill=_AXIS)
+        draw_text(draw, (px, y1 + 6), _label(tick), font, _AXIS, "middle-top")
+    draw.rectangle([x0, y0, x1, y1], outline=_AXIS)
+    return to_px
+
+
+def draw_series(
+    draw: ImageDraw.ImageDraw,
+    to_px: Callable[[float, float], tuple[float, float]],
+    points: Sequence[tuple[float, float]],
+    colour: tuple[int, int, int],
+    *,
+    radius: int,
+) -> None:
+    """A line through ``points`` (a dot of ``radius`` when there is only one)."""
+    if len(points) > 1:
+        draw.line([to_px(x, y) for x, y in points], fill=colour, width=2)
+    elif points:
+        px, py = to_px(*points[0])
+        draw.ellipse([px - radius, py - radius, px + radius, py + radius], fill=colour)
 
 
 def draw_losses(records: Sequence[dict], title: str = "") -> Image.Image:
@@ -88,7 +123,7 @@ def draw_losses(records: Sequence[dict], title: str = "") -> Image.Image:
     xs = [x for series in points.values() for x, _ in series]
     ys = [y for series in points.values() for _, y in series]
     if not xs:
-        _text(draw, (x0, y0), "no finite losses recorded", font, _AXIS, "left-top")
+        draw_text(draw, (x0, y0), "no finite losses recorded", font, _AXIS, "left-top")
         return image
     xmin, xmax = min(xs), max(xs)
     ymin, ymax = min(0.0, min(ys)), max(ys)
@@ -97,34 +132,15 @@ def draw_losses(records: Sequence[dict], title: str = "") -> Image.Image:
     if ymax == ymin:
         ymax = ymin + 1
 
-    def to_px(x: float, y: float) -> tuple[float, float]:
-        return (
-            x0 + (x - xmin) / (xmax - xmin) * (x1 - x0),
-            y1 - (y - ymin) / (ymax - ymin) * (y1 - y0),
-        )
-
-    for tick in _ticks(ymin, ymax):
-        _, py = to_px(xmin, tick)
-        draw.line([(x0, py), (x1, py)], fill=_GRID)
-        _text(draw, (x0 - 8, py), _label(tick), font, _AXIS, "right-middle")
-    for tick in _ticks(xmin, xmax):
-        px, _ = to_px(tick, ymin)
-        draw.line([(px, y1), (px, y1 + 4)], fill=_AXIS)
-        _text(draw, (px, y1 + 6), _label(tick), font, _AXIS, "middle-top")
-    draw.rectangle([x0, y0, x1, y1], outline=_AXIS)
-    _text(draw, ((x0 + x1) / 2, _SIZE[1] - 8), "step", font, _AXIS, "middle-bottom")
+    to_px = draw_axes(draw, font, (x0, y0, x1, y1), (xmin, xmax), (ymin, ymax))
+    draw_text(draw, ((x0 + x1) / 2, _SIZE[1] - 8), "step", font, _AXIS, "middle-bottom")
     if title:
-        _text(draw, (x0, 8), title, font, _AXIS, "left-top")
+        draw_text(draw, (x0, 8), title, font, _AXIS, "left-top")
     legend_x = x1 - 10
     for key, name, colour in reversed(SERIES):
-        series = points[key]
-        if len(series) > 1:
-            draw.line([to_px(x, y) for x, y in series], fill=colour, width=2)
-        elif series:
-            px, py = to_px(*series[0])
-            draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
+        draw_series(draw, to_px, points[key], colour, radius=2)
         width = draw.textbbox((0, 0), name, font=font)[2]
-        _text(draw, (legend_x - width, y0 + 6), name, font, colour, "left-top")
+        draw_text(draw, (legend_x - width, y0 + 6), name, font, colour, "left-top")
         legend_x -= width + 16
     return image
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from stackgan_cli.console import err
@@ -36,7 +37,7 @@ class TrainProgress:
     def __init__(
         self,
         *,
-        stage: int,
+        title: str,
         epochs: int,
         start_epoch: int,
         total_steps: int,
@@ -44,7 +45,7 @@ class TrainProgress:
         global_batch: int,
         enabled: bool,
     ) -> None:
-        self.stage = stage
+        self.title = title
         self.start_epoch = start_epoch
         self.global_batch = global_batch
         self.epochs = epochs
@@ -59,7 +60,7 @@ class TrainProgress:
     def __enter__(self) -> TrainProgress:
         if self.live:
             self._progress = Progress(
-                TextColumn(f"[bold]stage {self.stage}[/]"),
+                TextColumn(f"[bold]{escape(self.title)}[/]"),
                 BarColumn(),
                 TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
                 TextColumn("step {task.completed}"),
@@ -109,7 +110,7 @@ class TrainProgress:
         now = time.monotonic()
         if epoch_end or now - self._last_plain >= PLAIN_INTERVAL_S:
             self._last_plain = now
-            line = f"stage {self.stage} {format_record(record, self.epochs)}"
+            line = f"{self.title} {format_record(record, self.epochs)}"
             steps_per_s = record["images_per_s"] / self.global_batch
             if steps_per_s > 0:
                 remaining = (self.total_steps - self.done_steps) / steps_per_s

@@ -1,9 +1,11 @@
-"""Starting a run and resuming one: checks, run directory, then :class:`Trainer.fit`.
+"""Starting a run and resuming one: checks, the run directory and its owner, then the loop.
 
-``start_training`` validates what the user asked for (dataset prepared, Stage-I generator for
-Stage II, matching widths), creates the run directory with ``config.json`` and trains;
-``resume_training`` rebuilds the run from ``checkpoints/last.pt`` (architecture and settings
-from the checkpoint, never from the command line) and continues exactly where it stopped.
+``start_training`` validates what the user asked for (options that fit together, dataset
+prepared, Stage-I generator for Stage II, matching widths), creates the run directory with
+``config.json`` and trains; ``resume_training`` rebuilds the run from ``checkpoints/last.pt``
+(architecture and settings from the checkpoint, never from the command line) and continues
+exactly where it stopped. Either holds the run directory's lock for the whole run, so that a
+second process on the same run gets a one-line error instead of interleaving with the first.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,15 +24,25 @@ import torch
 from stackgan_cli import paths
 from stackgan_cli.console import warn
 from stackgan_cli.data.prepared import PreparedDataset, load_prepared
-from stackgan_cli.errors import StackGANError
-from stackgan_cli.fsutil import atomic_write_text
+from stackgan_cli.errors import StackGANError, UsageError
+from stackgan_cli.fsutil import atomic_write_text, exclusive_lock
 from stackgan_cli.generator_file import load_generator_file
 from stackgan_cli.models import ModelConfig
 from stackgan_cli.training import checkpoint as ckpt
 from stackgan_cli.training import distributed as dist_utils
-from stackgan_cli.training.config import TrainConfig, default_run_name, resolve_model_dims
-from stackgan_cli.training.loop import Trainer, TrainingInterrupted, TrainResult, copy_file
-from stackgan_cli.training.plot import plot_losses
+from stackgan_cli.training.config import (
+    ARCHS,
+    DEFAULT_PRESET,
+    TrainConfig,
+    default_run_name,
+    resolve_model_dims,
+)
+from stackgan_cli.training.loop import Trainer, TrainingInterrupted, TrainResult
+from stackgan_cli.training.regimes import check_regime_options, require_tensorboard
+from stackgan_cli.training.signals import StopRequest
+
+DEFAULT_DATASET = "cub"
+LOCK_FILE = ".lock"
 
 
 def dataset_source(name_or_path: str) -> str:
@@ -39,12 +53,78 @@ def dataset_source(name_or_path: str) -> str:
     return str(Path(name_or_path).expanduser().resolve())
 
 
+def default_dataset() -> str:
+    """The dataset a run trains on when ``--dataset`` is not given: cub, once prepared."""
+    if not (paths.prepared_dir(DEFAULT_DATASET) / "metadata.json").exists():
+        raise StackGANError(
+            f"no --dataset given and the default dataset {DEFAULT_DATASET} is not prepared: run "
+            f"`stackgan prepare {DEFAULT_DATASET}`, or `stackgan prepare shapes` and pass "
+            "--dataset shapes for the offline demo"
+        )
+    return DEFAULT_DATASET
+
+
+def check_options(cfg: TrainConfig) -> None:
+    """UsageError (exit 2) for options that do not fit together."""
+    if cfg.arch not in ARCHS:
+        raise UsageError(f"--arch: {cfg.arch!r} is not one of {', '.join(ARCHS)}")
+    if cfg.arch == "v2":
+        _check_v2_options(cfg)
+    elif cfg.stage is None:
+        raise UsageError("--stage: --arch v1 trains one stage per run: pass --stage 1 or 2")
+    elif cfg.branches is not None:
+        raise UsageError("--branches: only --arch v2 has branches (v1 trains one --stage)")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise UsageError(f"--ema: the average's decay must be in [0, 1), got {cfg.ema}")
+    if cfg.stage == 1 and cfg.stage1_ckpt:
+        raise UsageError("--stage1-ckpt: only Stage 2 uses a Stage-I generator")
+    if cfg.stage == 2 and not cfg.stage1_ckpt:
+        raise UsageError(
+            "--stage1-ckpt: Stage 2 refines a Stage-I generator: pass the --out file (or "
+            "RUN_DIR/generator.pt) of `stackgan train --stage 1`"
+        )
+    if cfg.lr_g <= 0 or cfg.lr_d <= 0:
+        raise UsageError("--lr-g/--lr-d: learning rates must be positive")
+    check_regime_options(cfg)
+
+
+def _check_v2_options(cfg: TrainConfig) -> None:
+    if cfg.stage is not None:
+        raise UsageError(
+            "--stage: --arch v2 trains all its branches at once; drop --stage "
+            "(--branches 1|2|3 picks 64, 128 or 256 px)"
+        )
+    if cfg.branches not in (1, 2, 3):
+        raise UsageError(f"--branches: must be 1, 2 or 3, got {cfg.branches}")
+    if cfg.stage1_ckpt:
+        raise UsageError("--stage1-ckpt: only --arch v1 Stage 2 uses a Stage-I generator")
+    if cfg.uncond_coeff < 0 or cfg.color_coeff < 0:
+        raise UsageError("--uncond-coeff/--color-coeff: weights must not be negative")
+
+
+@contextmanager
+def owned(run_dir: Path, is_main: bool) -> Iterator[None]:
+    """Hold ``run_dir``'s lock; ``is_main`` False (ranks > 0 of a torchrun job, whose rank 0
+    holds it for them) skips it."""
+    if not is_main:
+        yield
+        return
+    busy = f"{run_dir} is in use by another stackgan train or resume"
+    with exclusive_lock(run_dir / LOCK_FILE, busy):
+        yield
+
+
 def _text_dim(dataset: PreparedDataset) -> int:
     return int(dataset.split("train").embeddings.shape[2])
 
 
 def _load_stage1(path: str, dataset: PreparedDataset) -> Any:
     bundle = load_generator_file(path, device="cpu")
+    if bundle.arch != "v1":
+        raise StackGANError(
+            f"{path} is a StackGAN-v2 generator; --stage1-ckpt needs a StackGAN-v1 Stage-I one "
+            "(the --out file or RUN_DIR/generator.pt of `stackgan train --stage 1`)"
+        )
     if bundle.stage != 1:
         raise StackGANError(
             f"{path} is a Stage-II generator; --stage1-ckpt needs a Stage-I one "
@@ -56,21 +136,25 @@ def _load_stage1(path: str, dataset: PreparedDataset) -> Any:
 
 
 def _new_run_dir(cfg: TrainConfig, dataset: PreparedDataset) -> Path:
+    """The run directory of a new run: ``--run-dir``, else a fresh name under runs/."""
     if cfg.run_dir:
-        run_dir = Path(cfg.run_dir).expanduser().resolve()
-    else:
-        base = paths.runs_dir() / default_run_name(cfg.stage, dataset.name)
-        run_dir, n = base, 1
-        while run_dir.exists():
-            n += 1
-            run_dir = base.with_name(f"{base.name}-{n}")
+        return Path(cfg.run_dir).expanduser().resolve()
+    base = paths.runs_dir() / default_run_name(cfg.stage, dataset.name, arch=cfg.arch)
+    run_dir, n = base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    return run_dir
+
+
+def _claim_new(run_dir: Path) -> None:
+    """Make sure ``run_dir`` (whose lock is held) holds no run yet and create its folders."""
     if (ckpt.checkpoints_dir(run_dir) / ckpt.LAST).exists() or (run_dir / "config.json").exists():
         raise StackGANError(
             f"{run_dir} already holds a run: continue it with `stackgan resume {run_dir}` "
             "or pick another --run-dir"
         )
     ckpt.checkpoints_dir(run_dir).mkdir(parents=True, exist_ok=True)
-    return run_dir
 
 
 def write_config_json(run_dir: Path, cfg: TrainConfig, model_cfg: ModelConfig, trainer: Trainer):
@@ -89,26 +173,32 @@ def write_config_json(run_dir: Path, cfg: TrainConfig, model_cfg: ModelConfig, t
     atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2) + "\n")
 
 
+def train(trainer: Trainer) -> TrainResult:
+    """Run :meth:`Trainer.fit` with Ctrl-C/SIGTERM handling and the progress display."""
+    with StopRequest(notify=trainer.ctx.is_main) as stop, trainer.progress_display() as progress:
+        return trainer.fit(progress, stop)
+
+
 def start_training(
     cfg: TrainConfig, *, preset: str | None, overrides: dict[str, int | None]
 ) -> TrainResult:
-    """Train a new run described by ``cfg`` (run_dir empty = a fresh name under runs/).
+    """Train a new run described by ``cfg`` (run_dir empty = a fresh name under runs/;
+    dataset None = :func:`default_dataset`).
 
     ``preset`` (None = birds, or for Stage II the Stage-I file's widths) and ``overrides``
     (gf_dim, df_dim, z_dim, condition_dim, r_num; None = not given) fix the ModelConfig.
     """
+    check_options(cfg)
+    if cfg.tensorboard:
+        require_tensorboard()  # before the run directory exists
+    dataset_name = cfg.dataset or default_dataset()
     ctx = dist_utils.init_distributed(cfg.device)
     trainer = None
     try:
-        dataset = load_prepared(cfg.dataset)
-        cfg = replace(cfg, dataset=dataset_source(cfg.dataset))
+        dataset = load_prepared(dataset_name)
+        cfg = replace(cfg, dataset=dataset_source(dataset_name))
         stage1 = None
         if cfg.stage == 2:
-            if not cfg.stage1_ckpt:
-                raise StackGANError(
-                    "Stage 2 refines a Stage-I generator: pass --stage1-ckpt FILE (the --out "
-                    "file or RUN_DIR/generator.pt of `stackgan train --stage 1`)"
-                )
             stage1 = _load_stage1(cfg.stage1_ckpt, dataset)
             cfg = replace(cfg, stage1_ckpt=str(Path(cfg.stage1_ckpt).expanduser().resolve()))
         dims = resolve_model_dims(
@@ -117,25 +207,32 @@ def start_training(
             text_dim=_text_dim(dataset),
             stage1=stage1.cfg.to_dict() if stage1 is not None else None,
             stage1_name=f"the Stage-I generator {cfg.stage1_ckpt}",
+            default_preset=DEFAULT_PRESET[cfg.arch],
         )
+        if cfg.arch == "v2":
+            dims["branch_num"] = cfg.branches
         model_cfg = ModelConfig(**dims)
         if cfg.out:
             cfg = replace(cfg, out=str(Path(cfg.out).expanduser().resolve()))
         run_dir = _new_run_dir(cfg, dataset) if ctx.is_main else None
         run_dir = dist_utils.broadcast_object(ctx, run_dir)
         cfg = replace(cfg, run_dir=str(run_dir))
-        trainer = Trainer(
-            cfg,
-            model_cfg,
-            dataset,
-            ctx,
-            run_dir,
-            stage1_state=stage1.generator.state_dict() if stage1 is not None else None,
-        )
-        if ctx.is_main:
-            write_config_json(run_dir, cfg, model_cfg, trainer)
-            (run_dir / "metrics.jsonl").touch()
-        return trainer.fit()
+        with owned(run_dir, ctx.is_main):
+            if ctx.is_main:
+                _claim_new(run_dir)
+            dist_utils.barrier(ctx)
+            trainer = Trainer(
+                cfg,
+                model_cfg,
+                dataset,
+                ctx,
+                run_dir,
+                stage1_state=stage1.generator.state_dict() if stage1 is not None else None,
+            )
+            if ctx.is_main:
+                write_config_json(run_dir, cfg, model_cfg, trainer)
+                (run_dir / "metrics.jsonl").touch()
+            return train(trainer)
     finally:
         trainer = None  # its DDP wrappers must be gone before their process group
         dist_utils.shutdown(ctx)
@@ -155,6 +252,13 @@ def resume_training(
     run_dir = Path(run_dir).expanduser().resolve()
     if not run_dir.is_dir():
         raise StackGANError(f"{run_dir} is not a run directory")
+    with owned(run_dir, dist_utils.launched_rank() == 0):
+        return _resume_owned(run_dir, epochs=epochs, from_file=from_file, device=device)
+
+
+def _resume_owned(
+    run_dir: Path, *, epochs: int | None, from_file: Path | None, device: str | None
+) -> TrainResult:
     source = Path(from_file) if from_file else ckpt.checkpoints_dir(run_dir) / ckpt.LAST
     state = ckpt.load_checkpoint(source, run_dir)
     cfg = TrainConfig.from_dict(state["train_config"])
@@ -187,29 +291,8 @@ def resume_training(
             trainer.truncate_metrics()
             write_config_json(run_dir, cfg, model_cfg, trainer)
         if done >= cfg.epochs and not state["step"]:
-            return _already_done(trainer)
-        return trainer.fit()
+            return trainer.finish(already_complete=True)
+        return train(trainer)
     finally:
         trainer = None  # its DDP wrappers must be gone before their process group
         dist_utils.shutdown(ctx)
-
-
-def _already_done(trainer: Trainer) -> TrainResult:
-    """Nothing left to train: make sure the final files exist and report them."""
-    out = Path(trainer.cfg.out) if trainer.cfg.out else None
-    if trainer.ctx.is_main:
-        if not trainer.generator_path.exists():
-            trainer.write_generator_file()
-        if out is not None and not out.exists():
-            copy_file(trainer.generator_path, out)
-        if not (trainer.run_dir / "losses.png").exists():
-            plot_losses(trainer.metrics_path, trainer.run_dir / "losses.png")
-    dist_utils.barrier(trainer.ctx)
-    return TrainResult(
-        run_dir=trainer.run_dir,
-        generator_path=trainer.generator_path,
-        epochs=trainer.sampler.epoch,
-        global_step=trainer.global_step,
-        out=out,
-        already_complete=True,
-    )

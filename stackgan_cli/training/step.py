@@ -1,16 +1,19 @@
-"""One official StackGAN training iteration (spec 5), executed fast.
+"""One training iteration for any model family, executed fast.
 
-G forward on (text, noise) -> D step on real / wrong / fake -> G step with 2 x KL. The maths is
-the official recipe through ``stackgan_cli.models.losses``; what differs is only how it runs:
+G forward on (text, noise) -> a step of each discriminator on real / wrong / fake -> one G step
+with the KL term. The family (training/family.py) says which images each discriminator judges
+and how its terms are weighted; the adversarial loss (models/losses.py) what each term
+measures. The official StackGAN-v1 recipe (stackgan-pytorch-spec.md section 4) comes out
+unchanged; what differs from the official code is only how it runs:
 
 * the G step needs gradients w.r.t. the fake images, not w.r.t. D's weights (the official code
-  computes those too, then the next ``netD.zero_grad()`` throws them away), so D's parameters
-  are frozen for that backward;
-* on CUDA, G and the discriminator's encoder run under bf16 autocast while the discriminator
+  computes those too, then the next ``netD.zero_grad()`` throws them away), so the
+  discriminators' parameters are frozen for that backward;
+* on CUDA, G and the discriminators' encoders run under bf16 autocast while the discriminator
   heads (sigmoid outputs fed to BCE) and the KL term run in float32;
-* under DDP, the D-step forwards go through D's DistributedDataParallel wrapper (its gradients
-  are all-reduced once by that backward) and the G step calls the bare D, whose parameters
-  then need no gradient at all; G's single forward goes through G's wrapper.
+* under DDP, the D-step forwards go through each D's DistributedDataParallel wrapper (its
+  gradients are all-reduced once by that backward) and the G step calls the bare Ds, whose
+  parameters then need no gradient at all; G's single forward goes through G's wrapper.
 
 The losses of an iteration come back as one detached device tensor: no host synchronisation.
 """
@@ -18,21 +21,28 @@ The losses of an iteration come back as one detached device tensor: no host sync
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from stackgan_cli.models.losses import discriminator_loss, generator_loss, kl_loss
+from stackgan_cli.models.losses import AdversarialLoss, gradient_penalty, kl_loss
+from stackgan_cli.training.family import StackGANv1
 from stackgan_cli.training.fast_layers import fuse_nearest_upsampling, gemm_large_convolutions
 
-LOSS_NAMES = ("errD", "errG", "kl")  # followed by the discriminator's parts (see loss_names)
-_PARTS = {1: ("real", "wrong", "fake"), 2: ("real", "wrong", "fake", "uncond_real", "uncond_fake")}
+LOSS_NAMES = ("errD", "errG", "kl")  # followed by the discriminators' parts (see loss_names)
 
 
-def loss_names(stage: int) -> tuple[str, ...]:
-    """Names of the entries of the tensor a :class:`GANStep` returns, in order."""
-    return LOSS_NAMES + tuple(f"D_{part}" for part in _PARTS[stage])
+def loss_names(
+    family: StackGANv1, discriminators: int = 1, *, gradient_penalty: bool = False
+) -> tuple[str, ...]:
+    """Names of the entries of the tensor a :class:`GANStep` returns, in order: ``D_<part>``
+    with one discriminator, ``D<i>_<part>`` with several; with ``gradient_penalty`` (WGAN-GP)
+    each discriminator's parts end with ``gp`` (unweighted)."""
+    prefixes = ["D"] if discriminators == 1 else [f"D{i}" for i in range(discriminators)]
+    parts = family.loss_parts + (("gp",) if gradient_penalty else ())
+    return LOSS_NAMES + tuple(f"{prefix}_{part}" for prefix in prefixes for part in parts)
 
 
 def autocast_context(
@@ -52,11 +62,17 @@ class DiscriminatorView:
     run in float32 so the sigmoid probabilities that BCE takes are not rounded to bf16.
     """
 
-    def __init__(self, bare: nn.Module, route: nn.Module, autocast: Callable) -> None:
+    def __init__(
+        self, bare: nn.Module, route: nn.Module, autocast: Callable, logits: bool = False
+    ) -> None:
         self._route = route
         self._autocast = autocast
         self.get_cond_logits = bare.get_cond_logits
         self.get_uncond_logits = bare.get_uncond_logits
+        if logits:  # the loss takes the heads' raw logits (AdversarialLoss.uses_logits)
+            self.get_cond_logits = functools.partial(self.get_cond_logits, logits=True)
+            if self.get_uncond_logits is not None:
+                self.get_uncond_logits = functools.partial(self.get_uncond_logits, logits=True)
 
     def __call__(self, images: Tensor) -> Tensor:
         with self._autocast():
@@ -66,98 +82,167 @@ class DiscriminatorView:
 
 class GANStep:
     """Callable doing one training iteration: ``step(real_images, text_embeddings)`` returns
-    the detached losses (errD, errG, kl, D parts...) as one float32 device tensor.
+    the detached losses (errD summed over the discriminators, errG, kl, then each
+    discriminator's parts; see :func:`loss_names`) as one float32 device tensor.
 
-    ``netG``/``netD`` are the bare modules (possibly compiled in place); ``ddp_g``/``ddp_d``
-    their DistributedDataParallel wrappers under torchrun, else None.
+    ``netG`` and ``netDs`` are the bare modules (possibly compiled in place), ``opt_ds`` one
+    optimizer per discriminator; ``ddp_g``/``ddp_ds`` their DistributedDataParallel wrappers
+    under torchrun, else None.
     """
 
     def __init__(
         self,
+        family: StackGANv1,
         netG: nn.Module,
-        netD: nn.Module,
+        netDs: Sequence[nn.Module],
         opt_g: torch.optim.Optimizer,
-        opt_d: torch.optim.Optimizer,
+        opt_ds: Sequence[torch.optim.Optimizer],
         *,
-        stage: int,
+        loss: AdversarialLoss,
         kl_coeff: float,
         z_dim: int,
         device: torch.device,
         amp: bool = False,
         ddp_g: nn.Module | None = None,
-        ddp_d: nn.Module | None = None,
+        ddp_ds: Sequence[nn.Module | None] | None = None,
         freeze_d_for_g_step: bool = True,
+        gp_weight: float = 10.0,
+        n_critic: int = 1,
     ) -> None:
-        self.netG, self.netD = netG, netD
-        self.opt_g, self.opt_d = opt_g, opt_d
-        self.stage = stage
+        if len(netDs) != len(opt_ds):
+            raise ValueError(f"{len(netDs)} discriminators but {len(opt_ds)} optimizers")
+        self.family = family
+        self.netG, self.netDs = netG, list(netDs)
+        self.opt_g, self.opt_ds = opt_g, list(opt_ds)
+        self.loss = loss
         self.kl_coeff = kl_coeff
+        # WGAN-GP: the gradient penalty's weight (unused by the other losses).
+        self.gp_weight = float(gp_weight) if loss.gradient_penalty else 0.0
+        # Discriminator updates per generator update, all on this step's real batch and fakes.
+        self.n_critic = int(n_critic)
+        self._parts = family.loss_parts + (("gp",) if loss.gradient_penalty else ())
+        # Where the discriminators have unconditional heads that count, the penalty covers them.
+        self._gp_uncond = "uncond_real" in family.loss_parts and (
+            getattr(family, "uncond_coeff", 1.0) > 0
+        )
         self.z_dim = z_dim
         self.device = device
         self.autocast = autocast_context(device, amp)
         self._g_route = ddp_g if ddp_g is not None else netG
-        self._d_for_d_step = DiscriminatorView(netD, ddp_d or netD, self.autocast)
-        self._d_for_g_step = DiscriminatorView(netD, netD, self.autocast)
+        routes = list(ddp_ds) if ddp_ds is not None else [None] * len(self.netDs)
+        # The encoder: the module itself for v1, its ``encode`` method for v2 (family.encoder).
+        encoders = [family.encoder(d) for d in self.netDs]
+        logits = loss.uses_logits
+        self._d_for_d_step = [
+            DiscriminatorView(d, route or encoder, self.autocast, logits)
+            for d, encoder, route in zip(self.netDs, encoders, routes, strict=True)
+        ]
+        self._d_for_g_step = [
+            DiscriminatorView(d, encoder, self.autocast, logits)
+            for d, encoder in zip(self.netDs, encoders, strict=True)
+        ]
         # Off only to measure what the freezing saves (benchmarks/train_throughput.py).
-        self._d_params = [p for p in netD.parameters() if p.requires_grad and freeze_d_for_g_step]
+        self._d_params = [
+            p for d in self.netDs for p in d.parameters() if p.requires_grad and freeze_d_for_g_step
+        ]
 
-    def __call__(self, real: Tensor, text: Tensor) -> Tensor:
+    def __call__(self, real: Tensor, text: Tensor, wrong: Tensor | None = None) -> Tensor:
+        family, loss = self.family, self.loss
         noise = torch.randn(real.size(0), self.z_dim, device=self.device)
         with self.autocast():
-            _, fake, mu, logvar = self._g_route(text, noise)
+            fakes, mu, logvar = family.generate(self._g_route, text, noise)
         conditions = mu.detach().float()
 
-        self.opt_d.zero_grad(set_to_none=True)
-        err_d, parts = discriminator_loss(
-            self._d_for_d_step, real, fake.detach(), conditions, stage=self.stage
-        )
-        err_d.backward()
-        self.opt_d.step()
+        errors_d, parts = [], []
+        # ``wrong``: the families that draw their wrong images apart (v2) get them with the real.
+        real_views = family.real_views(real) if wrong is None else family.real_views(real, wrong)
+        views = zip(self._d_for_d_step, self.opt_ds, real_views, fakes, strict=True)
+        for netD, opt_d, real_view, fake in views:
+            for _ in range(self.n_critic):
+                opt_d.zero_grad(set_to_none=True)
+                err_d, named = family.discriminator_loss(
+                    netD, real_view, fake.detach(), conditions, loss
+                )
+                if loss.gradient_penalty:
+                    # v2 views are (real, wrong): the penalty mixes the real images and fakes.
+                    real_images = real_view[0] if isinstance(real_view, tuple) else real_view
+                    penalty = gradient_penalty(
+                        netD, real_images, fake, conditions, uncond=self._gp_uncond
+                    )
+                    err_d = err_d + self.gp_weight * penalty
+                    named = {**named, "gp": penalty.detach()}
+                err_d.backward()
+                opt_d.step()
+            errors_d.append(err_d.detach())
+            parts.extend(named[name] for name in self._parts)
 
         self.opt_g.zero_grad(set_to_none=True)
         for p in self._d_params:
             p.requires_grad_(False)
         try:
-            err_g = generator_loss(self._d_for_g_step, fake, conditions, stage=self.stage)
+            err_g = None
+            g_conditions = mu.float() if family.generator_condition_grad else conditions
+            for netD, fake in zip(self._d_for_g_step, fakes, strict=True):
+                term = family.generator_loss(netD, fake, g_conditions, loss)
+                err_g = term if err_g is None else err_g + term
+            extra = family.generator_extra_loss(fakes)
+            if extra is not None:
+                err_g = err_g + extra
             kl = kl_loss(mu, logvar)
             (err_g + self.kl_coeff * kl).backward()
         finally:
             for p in self._d_params:
                 p.requires_grad_(True)
         self.opt_g.step()
-        values = [err_d, err_g, kl, *(parts[name] for name in _PARTS[self.stage])]
+        err_d_total = errors_d[0] if len(errors_d) == 1 else torch.stack(errors_d).sum()
+        values = [err_d_total, err_g, kl, *parts]
         return torch.stack([v.detach().float() for v in values])
 
 
 def make_optimizers(
     netG: nn.Module,
-    netD: nn.Module,
+    netDs: Sequence[nn.Module],
     *,
     lr_g: float,
     lr_d: float,
     device: torch.device,
     fused: bool | None = None,
-) -> tuple[torch.optim.Adam, torch.optim.Adam]:
-    """Official Adam(0.5, 0.999) for G's trainable parameters (Stage II: not the frozen
-    Stage-I G) and all of D's; ``fused`` None = the fused kernels on CUDA and the CPU."""
+    optimizer: str = "adam",
+    betas: tuple[float, float] = (0.5, 0.999),
+) -> tuple[torch.optim.Optimizer, list[torch.optim.Optimizer]]:
+    """Official Adam(0.5, 0.999) (``betas``) for G's trainable parameters (Stage II: not the
+    frozen Stage-I G) and one for each discriminator; ``fused`` None = the fused kernels on
+    CUDA and the CPU. ``optimizer`` "rmsprop": torch's RMSprop defaults (no betas) instead."""
+    if optimizer not in ("adam", "rmsprop"):
+        raise ValueError(f"unknown optimizer {optimizer!r}")
     if fused is None:
         fused = device.type in ("cuda", "cpu")
     fused = fused or None  # None lets torch pick its default (foreach or for-loop) implementation
-    opt_g = _adam([p for p in netG.parameters() if p.requires_grad], lr_g, fused)
-    opt_d = _adam(list(netD.parameters()), lr_d, fused)
-    return opt_g, opt_d
+
+    def make(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        if optimizer == "rmsprop":
+            return torch.optim.RMSprop(params, lr=lr)
+        return _adam(params, lr, fused, betas)
+
+    opt_g = make([p for p in netG.parameters() if p.requires_grad], lr_g)
+    return opt_g, [make(list(netD.parameters()), lr_d) for netD in netDs]
 
 
-def _adam(params: list[nn.Parameter], lr: float, fused: bool | None) -> torch.optim.Adam:
+def _adam(
+    params: list[nn.Parameter],
+    lr: float,
+    fused: bool | None,
+    betas: tuple[float, float] = (0.5, 0.999),
+) -> torch.optim.Adam:
     try:
-        return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), fused=fused)
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused)
     except RuntimeError:  # torch < 2.4 has no fused Adam for CPU tensors
-        return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
+        return torch.optim.Adam(params, lr=lr, betas=betas)
 
 
 def prepare_modules(
     netG: nn.Module,
-    netD: nn.Module,
+    netDs: Sequence[nn.Module],
     *,
     channels_last: bool,
     compile: bool,
@@ -167,7 +252,7 @@ def prepare_modules(
 ) -> None:
     """In place: G's upsampling convolutions fused and (``gemm_convs``, for the CPU) the widest
     convolutions as matrix products (training/fast_layers.py), channels_last weights, and
-    ``torch.compile`` of G, D's encoder and D's heads.
+    ``torch.compile`` of G, the discriminators' encoders and their heads.
 
     ``nn.Module.compile`` compiles the call without wrapping, so state dicts keep their keys.
     """
@@ -175,13 +260,15 @@ def prepare_modules(
         fuse_nearest_upsampling(netG)
     if gemm_convs:
         gemm_large_convolutions(netG)
-        gemm_large_convolutions(netD)
+        for netD in netDs:
+            gemm_large_convolutions(netD)
     if channels_last:
-        netG.to(memory_format=torch.channels_last)
-        netD.to(memory_format=torch.channels_last)
+        for module in (netG, *netDs):
+            module.to(memory_format=torch.channels_last)
     if compile:
         netG.compile(mode=compile_mode)
-        netD.compile(mode=compile_mode)
-        for head in (netD.get_cond_logits, netD.get_uncond_logits):
-            if head is not None:
-                head.compile(mode=compile_mode)
+        for netD in netDs:
+            netD.compile(mode=compile_mode)
+            for head in (netD.get_cond_logits, netD.get_uncond_logits):
+                if isinstance(head, nn.Module):  # v2 heads are methods: not compiled
+                    head.compile(mode=compile_mode)

@@ -1,0 +1,188 @@
+"""Prompts -> images and a captioned grid, in memory: ``stackgan generate`` without the files.
+
+Built on the functions of :mod:`stackgan_cli.generate` (prompt normalisation, conditioning,
+noise, the batched generator runs, the nearest-neighbour enlargement), so an image for a given seed,
+sample index and prompt is the one ``stackgan generate --seed`` writes. The generator file
+(and its text encoder) is loaded once; each request then only runs the networks, one request
+at a time per device.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from stackgan_cli.devices import pick_device
+from stackgan_cli.errors import StackGANError
+from stackgan_cli.generate import (
+    _upsample,
+    conditioning,
+    draw_noise,
+    normalize_prompts,
+    run_branches,
+    run_generator,
+)
+from stackgan_cli.generator_file import GeneratorBundle, load_generator_file, newest_generator
+from stackgan_cli.imaging import captioned_grid
+from stackgan_cli.models.config import IMAGE_SIZE
+
+MAX_CAPTION_CHARS = 240
+"""Longest caption drawn beneath a row (longer ones end in "..."); three lines of a grid row
+hold about this much, and wrapping a much longer one takes seconds."""
+
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def device_lock(device: torch.device) -> threading.Lock:
+    """The lock that lets one generation at a time use ``device``."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(str(device), threading.Lock())
+
+
+@dataclass
+class Generated:
+    """One request's result: images (P, n, 3, size, size) in [-1, 1] on the CPU; when stages
+    were asked for, the smaller outputs (a Stage-II file's Stage-I sketches, a StackGAN-v2
+    file's smaller branches), smallest first; the captioned grid; the seed used."""
+
+    seed: int
+    size: int
+    captions: list[str]
+    images: Tensor
+    smaller: list[Tensor]
+    grid: Image.Image
+
+
+class LoadedGenerator:
+    """A generator file loaded onto a device, ready to answer requests."""
+
+    def __init__(self, bundle: GeneratorBundle, device: torch.device) -> None:
+        if bundle.text_encoder is None:
+            from stackgan_cli.text_encoder_source import no_text_encoder_message
+
+            raise StackGANError(no_text_encoder_message(bundle, embedding_file=False))
+        self.bundle = bundle
+        self.device = device
+
+    @classmethod
+    def load(
+        cls,
+        ckpt: Path | None = None,
+        device: str = "auto",
+        text_encoder: str | Path | None = None,
+    ) -> LoadedGenerator:
+        """Load ``ckpt`` (default: the newest generator in the cache's runs) and run it once,
+        so that the first request does not pay for the first-call set-up. ``text_encoder``
+        (``--text-encoder DATASET|FILE``) replaces the file's own encoder."""
+        from stackgan_cli.text_encoder_source import load_text_encoder, use_text_encoder
+
+        encoder = load_text_encoder(text_encoder) if text_encoder is not None else None
+        torch_device = pick_device(device)
+        path = newest_generator() if ckpt is None else Path(ckpt)
+        bundle = load_generator_file(path, device=torch_device)
+        if encoder is not None:
+            use_text_encoder(bundle, encoder, text_encoder)
+        loaded = cls(bundle, torch_device)
+        loaded.generate(["a warm up caption"], n=1, seed=0)
+        return loaded
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The output sides this file can make, smallest first: a StackGAN-v2 file's branches,
+        a Stage-II file's 64 (its Stage-I) and 256, a Stage-I file's 64."""
+        if self.bundle.arch == "v2":
+            return tuple(64 * 2**branch for branch in range(self.bundle.cfg.branch_num))
+        return tuple(IMAGE_SIZE[stage] for stage in range(1, self.bundle.stage + 1))
+
+    @property
+    def label(self) -> str:
+        """``Stage-I generator``, ``Stage-II generator`` or ``StackGAN-v2 generator``."""
+        if self.bundle.arch == "v2":
+            return "StackGAN-v2 generator"
+        return f"Stage-{'I' * self.bundle.stage} generator"
+
+    def describe(self) -> dict[str, Any]:
+        """What is loaded, for ``GET /api/health`` and the page. ``stages`` says whether the
+        file has smaller outputs to show beside its largest."""
+        bundle = self.bundle
+        return {
+            "path": str(bundle.path),
+            "label": self.label,
+            "family": bundle.arch,
+            "stage": bundle.stage,
+            "branches": bundle.cfg.branch_num if bundle.arch == "v2" else None,
+            "dataset": bundle.dataset,
+            "epoch": bundle.epoch,
+            "source": bundle.source,
+            "sizes": list(self.sizes),
+            "stages": len(self.sizes) > 1,
+            "device": str(self.device),
+            "model_config": bundle.cfg.to_dict(),
+        }
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        n: int,
+        seed: int | None = None,
+        size: int | None = None,
+        stages: bool = False,
+    ) -> Generated:
+        """``n`` images per prompt at ``size`` (default: the largest), with the smaller outputs
+        beside them in the grid when ``stages``. Raises StackGANError for an empty prompt, a
+        size the file cannot make, or stages at the smallest size."""
+        sizes = self.sizes
+        size = sizes[-1] if size is None else size
+        if size not in sizes:
+            can = ", ".join(str(side) for side in sizes[:-1])
+            can = f"{can} or {sizes[-1]}" if can else str(sizes[-1])
+            raise StackGANError(f"size {size} is not available: this {self.label} makes {can}")
+        output = sizes.index(size) + 1  # the v1 stage or the v2 branch
+        if stages and output == 1:
+            raise StackGANError(
+                f"stages shows the smaller outputs beside the result; at size {size} this "
+                f"{self.label} has none (sizes: {', '.join(map(str, sizes))})"
+            )
+        normalized = normalize_prompts(prompts)
+        seed = secrets.randbelow(2**31) if seed is None else seed
+        noise = draw_noise(self.bundle, n, seed)
+        with device_lock(self.device):
+            embeddings, captions = conditioning(self.bundle, prompts, normalized, None)
+            if stages and self.bundle.arch == "v2":
+                *smaller, images = run_branches(self.bundle, embeddings, noise, device=self.device)[
+                    :output
+                ]
+            else:
+                sketches, images = run_generator(
+                    self.bundle, embeddings, noise, stage=output, device=self.device
+                )
+                smaller = [sketches] if stages and sketches is not None else []
+        captions = [_shorten(caption) for caption in captions]
+        rows = images
+        if smaller:  # each sample's outputs side by side, smaller ones enlarged
+            enlarged = [_upsample(branch, size) for branch in smaller]
+            rows = torch.stack([*enlarged, images], dim=2).flatten(1, 2)
+        return Generated(
+            seed=seed,
+            size=size,
+            captions=captions,
+            images=images,
+            smaller=smaller,
+            grid=captioned_grid(list(rows), captions),
+        )
+
+
+def _shorten(caption: str) -> str:
+    if len(caption) <= MAX_CAPTION_CHARS:
+        return caption
+    return caption[: MAX_CAPTION_CHARS - 3].rstrip() + "..."

@@ -1,0 +1,102 @@
+"""``--text-encoder DATASET|FILE``: where a generator gets its text encoder from.
+
+Official generator files carry none, and a generator file's own encoder may be replaced. The
+encoder comes from a prepared dataset (its ``text_encoder.pt``, named like ``--dataset``: a
+name such as ``cub`` or a path) or from a file: a stackgan generator file (its bundled encoder)
+or a ``text_encoder.pt``. An existing file wins over a dataset of the same name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from stackgan_cli.errors import StackGANError
+from stackgan_cli.generator_file import FORMAT as GENERATOR_FORMAT
+from stackgan_cli.generator_file import GeneratorBundle
+
+OPTION = "--text-encoder"
+
+
+def load_text_encoder(source: str | Path) -> Any:
+    """The ``TextEncoder`` (float32, CPU, eval mode) that ``source`` names: a file (stackgan
+    generator file or ``text_encoder.pt``) or a prepared dataset name or path. Raises a one-line
+    StackGANError when there is none there."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return _from_file(path)
+    from stackgan_cli.data.prepared import load_prepared
+
+    try:
+        dataset = load_prepared(str(source))
+    except StackGANError as exc:
+        raise StackGANError(
+            f"{OPTION} {source}: not a file, and not a prepared dataset ({exc})"
+        ) from None
+    data = dataset.text_encoder_dict()
+    if data is None:
+        raise StackGANError(
+            f"{OPTION} {source}: dataset {dataset.name!r} was prepared without a text encoder; "
+            f"run `stackgan prepare {dataset.name} --force` to train one"
+        )
+    return _encoder(data, f"{OPTION} {source}")
+
+
+def _from_file(path: Path) -> Any:
+    from stackgan_cli.models.official import read_torch_file
+    from stackgan_cli.text.encoder import FORMAT as ENCODER_FORMAT
+
+    where = f"{OPTION} {path}"
+    try:
+        data = read_torch_file(path)
+    except StackGANError as exc:
+        raise StackGANError(f"{OPTION}: {exc}") from None
+    if isinstance(data, Mapping) and data.get("format") == GENERATOR_FORMAT:
+        entry = data.get("text_encoder")
+        if entry is None:
+            raise StackGANError(f"{where} is a generator file that carries no text encoder")
+        return _encoder(entry, where)
+    if isinstance(data, Mapping) and data.get("format") == ENCODER_FORMAT:
+        return _encoder(data, where)
+    raise StackGANError(
+        f"{where} is neither a stackgan generator file nor a text encoder (text_encoder.pt)"
+    )
+
+
+def _encoder(data: Any, where: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise StackGANError(f"{where}: the text encoder entry is not a dict")
+    from stackgan_cli.text import TextEncoder  # heavy; only when an encoder is asked for
+
+    try:
+        return TextEncoder.from_dict(dict(data))
+    except StackGANError as exc:
+        raise StackGANError(f"{where}: {exc}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise StackGANError(f"{where}: its text encoder could not be loaded ({exc})") from None
+
+
+def use_text_encoder(bundle: GeneratorBundle, encoder: Any, source: str | Path) -> None:
+    """Replace ``bundle``'s text encoder with ``encoder`` (from ``source``) after checking that
+    its embeddings have the generator's ``text_dim``."""
+    out_dim = encoder.config.out_dim
+    if out_dim != bundle.cfg.text_dim:
+        raise StackGANError(
+            f"{OPTION} {source} gives {out_dim}-d embeddings but {bundle.path} needs "
+            f"{bundle.cfg.text_dim}-d ones"
+        )
+    bundle.text_encoder = encoder
+
+
+def no_text_encoder_message(bundle: GeneratorBundle, *, embedding_file: bool = True) -> str:
+    """Why ``bundle`` cannot read typed text, and the ways out (``--embedding-file`` named
+    only where the command has it)."""
+    kind = "an official state dict" if bundle.source == "official" else "trained without one"
+    message = (
+        f"{bundle.path} carries no text encoder ({kind}): take one from a prepared dataset "
+        f"with {OPTION} cub (after `stackgan prepare cub`)"
+    )
+    if embedding_file:
+        message += ", or give precomputed embeddings with --embedding-file F.npy"
+    return message

@@ -1,0 +1,77 @@
+"""Shared helpers of the training tests: tiny networks, a tiny prepared dataset, the CLI.
+
+Not a test module: tests import these names, and ``conftest.py`` builds the ``tiny_dataset``
+fixture on :func:`write_tiny_prepared`.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from typer.testing import CliRunner
+
+from stackgan_cli.cli import app
+from stackgan_cli.data.prepared import FORMAT_VERSION, SplitWriter, fingerprint, write_metadata
+from stackgan_cli.models import ModelConfig
+
+TEXT_DIM = 16
+# Tiny networks and data: 16 training images in batches of 8 -> 2 steps per epoch.
+TINY = ["--gf-dim", "8", "--df-dim", "8", "--z-dim", "8", "--condition-dim", "4"]
+TINY_CFG = ModelConfig(gf_dim=8, df_dim=8, z_dim=8, condition_dim=4, r_num=4, text_dim=TEXT_DIM)
+
+
+def write_tiny_prepared(root: Path, *, train: int = 16, test: int = 4, seed: int = 0) -> Path:
+    """A prepared dataset in the format of stackgan_cli/data/prepared.py: random images,
+    distinct captions."""
+    rng = np.random.default_rng(seed)
+    digests, splits = {}, {}
+    for split, count in (("train", train), ("test", test)):
+        writer = SplitWriter(root, split, count)
+        for _ in range(count):
+            writer.append([rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for s in (76, 304)])
+        captions = [[f"{split} bird {i} caption {j}" for j in range(10)] for i in range(count)]
+        digests.update(
+            writer.finish(
+                embeddings=rng.standard_normal((count, 10, TEXT_DIM)).astype(np.float32),
+                captions=captions,
+                class_ids=np.arange(count) % 3,
+                filenames=[f"00{i % 3}.class/{split}_{i}" for i in range(count)],
+            )
+        )
+        splits[split] = {"images": count, "classes": 3, "captions": count * 10}
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "dataset": root.parent.name,
+        "fingerprint": fingerprint(digests),
+        "splits": splits,
+        "text_encoder": None,
+    }
+    write_metadata(root, metadata)
+    return root
+
+
+def run_cli(args, code=0):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == code, result.output
+    return result
+
+
+def train_args(run_dir, *extra, stage=1, epochs=2, batch=8, dataset="tiny"):
+    return [
+        "train",
+        "--stage",
+        str(stage),
+        "--dataset",
+        dataset,
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        str(batch),
+        "--run-dir",
+        str(run_dir),
+        *extra,
+    ]
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
