@@ -23,7 +23,7 @@ from torch import Tensor
 
 from stackgan_cli.console import err
 from stackgan_cli.devices import pick_device
-from stackgan_cli.errors import StackGANError
+from stackgan_cli.errors import StackGANError, UsageError
 from stackgan_cli.generator_file import GeneratorBundle, load_generator_file, newest_generator
 from stackgan_cli.imaging import captioned_grid, save_png, strip, to_uint8
 from stackgan_cli.limits import MAX_SAMPLES, MAX_STEPS
@@ -70,6 +70,26 @@ def default_out_dir(base: Path | None = None, now: _dt.datetime | None = None) -
         candidate = root / f"{now:%Y%m%d-%H%M%S}-{number}"
         number += 1
     return candidate
+
+
+def check_options(
+    prompts: Sequence[str],
+    stage: int | None,
+    show_stages: bool,
+    size: int | None,
+    embedding_file: Path | None,
+    interpolate_between: tuple[str, str] | None,
+) -> None:
+    """UsageError (exit 2) for options that do not fit together, before anything is loaded."""
+    if not prompts and embedding_file is None and interpolate_between is None:
+        raise UsageError(
+            "TEXT: give at least one prompt (or --embedding-file, or --interpolate A B)"
+        )
+    if stage == 1 and show_stages:
+        raise UsageError("--show-stages shows both stages; drop --stage 1")
+    sizes = (64, 128, 256)  # the outputs of the v1 stages and of the v2 branches
+    if size is not None and size not in sizes:
+        raise UsageError(f"--size must be {', '.join(map(str, sizes[:-1]))} or {sizes[-1]}")
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -349,10 +369,7 @@ def generate(
         raise ValueError(f"stage must be 1, 2 or None, got {stage!r}")
     if not 2 <= steps <= MAX_STEPS:
         raise ValueError(f"steps must be between 2 and {MAX_STEPS}, got {steps}")
-    if not prompts and embedding_file is None and interpolate_between is None:
-        raise StackGANError(
-            "nothing to generate: give TEXT prompts, --embedding-file or --interpolate"
-        )
+    check_options(prompts, stage, show_stages, size, embedding_file, interpolate_between)
     check_out_dir(out_dir)
     # Normalise first, so that an empty prompt fails before the generator is loaded.
     normalized = normalize_prompts(prompts) if embedding_file is None else None

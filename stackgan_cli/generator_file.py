@@ -87,11 +87,15 @@ def save_generator_file(
     text_encoder: Mapping[str, Any] | Any | None = None,
     dataset: str | None,
     epoch: int | None,
+    g_norm: str = "batch",
 ) -> None:
     """Write ``generator`` (weights moved to the CPU), its config and the text encoder
     atomically to ``path``. ``stage`` is 1 or 2 for StackGAN-v1, None for a StackGAN-v2
     generator. ``text_encoder`` is the encoder's ``to_dict()`` (an encoder object is converted
-    with its ``to_dict``), or None."""
+    with its ``to_dict``), or None. ``g_norm`` "none" (a generator trained with --g-norm
+    none) is recorded as ``"g_norm": "none"`` - and a Stage-II generator whose nested Stage-I
+    generator has no BatchNorm as ``"stage1_g_norm": "none"`` - so that loading drops the
+    same BatchNorm layers; the default writes neither key."""
     generator = _unwrap(generator)
     expected = _GENERATOR_CLASSES.get(stage) if stage is not None else StackGANv2Generator
     if expected is None:
@@ -116,6 +120,13 @@ def save_generator_file(
     }
     if stage is None:
         payload["arch"] = "v2"
+    if g_norm != "batch":
+        payload["g_norm"] = g_norm
+    stage1 = getattr(generator, "STAGE1_G", None)
+    if stage1 is not None and not any(
+        isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in stage1.modules()
+    ):
+        payload["stage1_g_norm"] = "none"
     atomic_torch_save(payload, Path(path))
 
 
@@ -163,7 +174,13 @@ def _from_generator_file(data: Mapping[str, Any], path: Path) -> GeneratorBundle
     model_class = StackGANv2Generator if arch == "v2" else _GENERATOR_CLASSES[stage]
     what = "StackGAN-v2" if arch == "v2" else f"Stage-{stage}"
     try:
-        generator = assign_state_dict(empty_module(model_class, cfg), state)
+        generator = empty_module(model_class, cfg)
+        if data.get("g_norm", "batch") != "batch" or data.get("stage1_g_norm", "batch") != "batch":
+            # --g-norm none: the BatchNorm layers the weights have no entries for are dropped.
+            from stackgan_cli.training.network_options import strip_missing_batchnorm
+
+            strip_missing_batchnorm(generator, state)
+        generator = assign_state_dict(generator, state)
     except (RuntimeError, TypeError, AttributeError, ValueError):
         raise StackGANError(
             f"{path}: the generator weights do not match its {what} model configuration"

@@ -6,7 +6,6 @@ included), ``stackgan train --stage 1`` at small widths, then ``stackgan generat
 prompts, and reads each image's dominant colour from the hue of its saturated pixels.
 """
 
-import colorsys
 from collections import Counter
 from pathlib import Path
 
@@ -20,13 +19,7 @@ from stackgan_cli.cli import app
 from stackgan_cli.data.prepare import prepare_shapes
 from stackgan_cli.data.prepared import load_prepared
 from stackgan_cli.data.shapes import CLASSES, COLOURS, SHAPES
-
-HUES = np.array([colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] for rgb in COLOURS.values()])
-"""Hue (0..1) of each palette colour, in ``COLOURS`` order."""
-NAMES = list(COLOURS)
-MIN_SATURATION = 0.35  # the backgrounds (greys, beige at 0.18) stay below this
-MIN_VALUE = 0.3
-MIN_COVERAGE = 0.02  # share of the image that must be coloured to name a colour at all
+from stackgan_cli.evaluation.colour import NAMES, dominant_colour
 
 # Prompt phrasings that none of the dataset's caption templates use (see data/shapes.py).
 HELD_OUT_PHRASINGS = (
@@ -43,20 +36,6 @@ EPOCHS = 150  # 10 steps of 32 images each: 1500 steps
 WIDTH = 8  # gf_dim = df_dim
 SAMPLES = 4  # images per prompt; 6 colours x 4 shapes x 3 phrasings = 72 prompts
 THRESHOLD = 0.5  # 3x chance (1/6); see the slow test's docstring for the measured rates
-
-
-def dominant_colour(pixels: np.ndarray) -> str | None:
-    """The palette colour (a ``COLOURS`` key) nearest in hue to most of the saturated pixels
-    of an (H, W, 3) uint8 image, or None when under ``MIN_COVERAGE`` of it is coloured."""
-    hsv = np.asarray(Image.fromarray(pixels, "RGB").convert("HSV"), dtype=np.float32) / 255.0
-    hue, saturation, value = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-    coloured = (saturation >= MIN_SATURATION) & (value >= MIN_VALUE)
-    if coloured.mean() < MIN_COVERAGE:
-        return None
-    distance = np.abs(hue[coloured][:, None] - HUES[None, :])
-    distance = np.minimum(distance, 1.0 - distance)  # hue is circular
-    votes = np.bincount(distance.argmin(axis=1), minlength=len(HUES))
-    return NAMES[int(votes.argmax())]
 
 
 def test_classifier_names_the_colour_of_every_dataset_image(shapes_dataset):

@@ -56,7 +56,8 @@ def trained(tmp_path_factory):
         write_tiny_prepared(paths.prepared_dir("tiny"))
         run = home / "run"
         out = home / "g.pt"
-        run_cli(v2_args(run, "--out", str(out), "--sample-every", "1"))
+        result = run_cli(v2_args(run, "--out", str(out), "--sample-every", "1"))
+        (home / "output.txt").write_text(" ".join(result.output.split()))
         yield run, out
     finally:
         patch.undo()
@@ -75,6 +76,9 @@ def test_v2_trains_every_branch(trained):
     for name in ("generator.pt", "losses.png", "config.json", "checkpoints/last.pt"):
         assert (run / name).is_file(), name
     assert out.is_file()
+    # 4 steps leave the 0.999 average almost all initial weights: the run says so.
+    output = (run.parent / "output.txt").read_text()
+    assert "moving average (--ema 0.999) still holds 100% of its initial random weights" in output
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["arch"] == "v2" and config["train"]["stage"] is None
     assert config["train"]["branches"] == 3 and config["train"]["ema"] == 0.999

@@ -123,15 +123,6 @@ def generate(
     from stackgan_cli import generate as generation
     from stackgan_cli.console import out as console
 
-    if stage == 1 and show_stages:
-        raise typer.BadParameter("--show-stages shows both stages; drop --stage 1")
-    if size is not None and size not in (64, 128, 256):
-        raise typer.BadParameter("must be 64, 128 or 256", param_hint="--size")
-    if not texts and embedding_file is None and interpolate is None:
-        raise typer.BadParameter(
-            "give at least one prompt (or --embedding-file, or --interpolate A B)",
-            param_hint="TEXT",
-        )
     out_dir = out if out is not None else generation.default_out_dir()
     result = generation.generate(
         ckpt,

@@ -165,6 +165,31 @@ def train(
             "orthogonal, normal, xavier or kaiming.",
         ),
     ] = _D.init,
+    g_norm: Annotated[
+        str, typer.Option(help="Generator normalisation: batch (official) or none.")
+    ] = _D.g_norm,
+    d_norm: Annotated[
+        str,
+        typer.Option(
+            help="Discriminator normalisation: batch (official), none, or spectral (spectral "
+            "norm on every conv/linear weight, no BatchNorm).",
+        ),
+    ] = _D.d_norm,
+    d_dropout: Annotated[
+        float,
+        typer.Option(help="Dropout probability after every LeakyReLU of the discriminators."),
+    ] = _D.d_dropout,
+    diffaugment: Annotated[
+        str,
+        typer.Option(
+            help="DiffAugment policy for every image the discriminators see: comma-separated "
+            "color, translation, cutout (default: none).",
+        ),
+    ] = _D.diffaugment,
+    r1: Annotated[
+        float,
+        typer.Option(help="R1 penalty weight gamma on real pairs (0 = none)."),
+    ] = _D.r1,
     tensorboard: Annotated[
         bool,
         typer.Option(
@@ -267,6 +292,11 @@ s1.pt --out s2.pt
         beta1=beta1,
         beta2=beta2,
         init=init,
+        g_norm=g_norm,
+        d_norm=d_norm,
+        d_dropout=d_dropout,
+        diffaugment=diffaugment,
+        r1=r1,
         tensorboard=tensorboard,
         snapshot_every=snapshot_every,
         sample_every=sample_every,

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from stackgan_cli.models import ModelConfig, build_discriminator, build_generator
 from stackgan_cli.models.config import IMAGE_SIZE, load_size
 from stackgan_cli.models.losses import AdversarialLoss, discriminator_loss, generator_loss
+from stackgan_cli.training.fast_layers import V1_GEMM
 
 _V1_PARTS = {
     1: ("real", "wrong", "fake"),
@@ -43,6 +44,8 @@ class StackGANv1:
         self.image_size = IMAGE_SIZE[stage]
         self.load_size = load_size(self.image_size)
         self.loss_parts = _V1_PARTS[stage]
+        # Which convolutions run as matrix products on the CPU (fast_layers.py).
+        self.cpu_gemm = V1_GEMM
 
     def build(
         self, cfg: ModelConfig, stage1_state: Mapping[str, Tensor] | None = None
@@ -50,6 +53,10 @@ class StackGANv1:
         """A freshly initialised generator and its discriminators (one here)."""
         netG = build_generator(self.stage, cfg)
         if stage1_state is not None:
+            # A Stage-I generator trained with --g-norm none has no BatchNorm entries.
+            from stackgan_cli.training.network_options import strip_missing_batchnorm
+
+            strip_missing_batchnorm(netG.STAGE1_G, stage1_state)
             netG.STAGE1_G.load_state_dict(stage1_state)
         return netG, [build_discriminator(self.stage, cfg)]
 

@@ -64,6 +64,7 @@ class StackGANv2:
         self.image_size = 64 if self.branches == 1 else 256
         self.load_size = load_size(self.image_size)
         self.loss_parts = V2_PARTS
+        self.cpu_gemm: dict[str, Any] = {}  # fast_layers.py's defaults, measured on v2
         self.wrong_images = True  # the sampler draws a wrong (other-class) batch too
 
     def build(

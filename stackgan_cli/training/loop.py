@@ -34,8 +34,10 @@ from stackgan_cli.models.losses import adversarial_loss
 from stackgan_cli.training import checkpoint as ckpt
 from stackgan_cli.training import distributed as dist_utils
 from stackgan_cli.training.config import SAMPLE_CAPTIONS, SAMPLE_NOISES, TrainConfig, lr_at
+from stackgan_cli.training.diffaugment import DiffAugment
 from stackgan_cli.training.ema import ParameterAverage
 from stackgan_cli.training.family import family_for
+from stackgan_cli.training.network_options import apply_network_options
 from stackgan_cli.training.plot import plot_losses
 from stackgan_cli.training.progress import TrainProgress
 from stackgan_cli.training.regimes import TensorBoardLog, apply_init, describe_regime
@@ -137,6 +139,8 @@ class Trainer:
         self.netG, self.netDs = self.family.build(self.model_cfg, stage1_state)
         # --init other than official; the frozen Stage-I generator of Stage II keeps its weights.
         apply_init(cfg.init, self.netG, *self.netDs, skip=(getattr(self.netG, "STAGE1_G", None),))
+        # --g-norm / --d-norm / --d-dropout (nothing happens with the official defaults).
+        apply_network_options(cfg, self.netG, self.netDs)
         for module in (self.netG, *self.netDs):
             module.to(self.device).train()
         self.channels_last = resolve_channels_last(cfg, self.device)
@@ -147,6 +151,7 @@ class Trainer:
             compile=cfg.compile,
             fused_upsample=cfg.fast_layers,
             gemm_convs=cfg.fast_layers and not cuda,
+            gemm_options=self.family.cpu_gemm,
         )
         self.opt_g, self.opt_ds = make_optimizers(
             self.netG,
@@ -168,6 +173,8 @@ class Trainer:
             kl_coeff=cfg.kl_coeff,
             gp_weight=cfg.gp_weight,
             n_critic=cfg.n_critic,
+            augment=DiffAugment(cfg.diffaugment) if cfg.diffaugment else None,
+            r1=cfg.r1,
             z_dim=self.model_cfg.z_dim,
             device=self.device,
             amp=self.amp,
@@ -177,7 +184,10 @@ class Trainer:
             ],
         )
         self.loss_names = loss_names(
-            self.family, len(self.netDs), gradient_penalty=self.step_fn.loss.gradient_penalty
+            self.family,
+            len(self.netDs),
+            gradient_penalty=self.step_fn.loss.gradient_penalty,
+            r1=cfg.r1 > 0,
         )
 
     def _build_data(self) -> None:
@@ -362,6 +372,7 @@ class Trainer:
                 text_encoder=self.dataset.text_encoder_dict(),
                 dataset=self.dataset.name,
                 epoch=self.sampler.epoch,
+                g_norm=self.cfg.g_norm,
             )
 
     def write_samples(self, progress: TrainProgress) -> None:
@@ -555,6 +566,14 @@ class Trainer:
                     f"only {self.global_step} training steps: the generator's BatchNorm running "
                     f"statistics are still {stale:.0%} their initial values, so sample grids and "
                     "`stackgan generate` (eval mode) may look flat and grey; train for more steps"
+                )
+            initial = self.cfg.ema**self.global_step if self.average is not None else 0.0
+            if initial > STALE_BATCHNORM_SHARE and not already_complete:
+                warn(
+                    f"only {self.global_step} training steps: the generator's moving average "
+                    f"(--ema {self.cfg.ema:g}) still holds {initial:.0%} of its initial random "
+                    "weights, and samples and generator.pt use it; train for more steps or pass "
+                    "a smaller --ema (0: none)"
                 )
         # Ranks leave together (the collective in _writing): one that tears down its process
         # group while rank 0 still writes the final files has been seen to abort in gloo.

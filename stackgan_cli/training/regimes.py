@@ -98,7 +98,9 @@ def check_network_options(cfg: TrainConfig) -> None:
     if cfg.d_norm not in D_NORM_CHOICES:
         raise UsageError(f"--d-norm: {cfg.d_norm!r} is not one of {', '.join(D_NORM_CHOICES)}")
     if isinstance(cfg.d_dropout, bool) or not 0.0 <= cfg.d_dropout < 1.0:
-        raise UsageError(f"--d-dropout: the dropout probability must be in [0, 1), got {cfg.d_dropout}")
+        raise UsageError(
+            f"--d-dropout: the dropout probability must be in [0, 1), got {cfg.d_dropout}"
+        )
     try:
         parse_policy(cfg.diffaugment or "")
     except ValueError as exc:

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -35,13 +36,18 @@ LOSS_NAMES = ("errD", "errG", "kl")  # followed by the discriminators' parts (se
 
 
 def loss_names(
-    family: StackGANv1, discriminators: int = 1, *, gradient_penalty: bool = False
+    family: StackGANv1,
+    discriminators: int = 1,
+    *,
+    gradient_penalty: bool = False,
+    r1: bool = False,
 ) -> tuple[str, ...]:
     """Names of the entries of the tensor a :class:`GANStep` returns, in order: ``D_<part>``
     with one discriminator, ``D<i>_<part>`` with several; with ``gradient_penalty`` (WGAN-GP)
-    each discriminator's parts end with ``gp`` (unweighted)."""
+    each discriminator's parts end with ``gp`` (unweighted), with ``r1`` (--r1) with ``r1``
+    (unweighted)."""
     prefixes = ["D"] if discriminators == 1 else [f"D{i}" for i in range(discriminators)]
-    parts = family.loss_parts + (("gp",) if gradient_penalty else ())
+    parts = family.loss_parts + (("gp",) if gradient_penalty else ()) + (("r1",) if r1 else ())
     return LOSS_NAMES + tuple(f"{prefix}_{part}" for prefix in prefixes for part in parts)
 
 
@@ -63,10 +69,23 @@ class DiscriminatorView:
     """
 
     def __init__(
-        self, bare: nn.Module, route: nn.Module, autocast: Callable, logits: bool = False
+        self,
+        bare: nn.Module,
+        route: nn.Module,
+        autocast: Callable,
+        logits: bool = False,
+        augment: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         self._route = route
         self._autocast = autocast
+        self._augment = augment  # --diffaugment: applied to every image D sees
+        # The heads' raw logits whatever the loss (the R1 penalty of --r1 measures them).
+        self.cond_logits = functools.partial(bare.get_cond_logits, logits=True)
+        self.uncond_logits = (
+            functools.partial(bare.get_uncond_logits, logits=True)
+            if bare.get_uncond_logits is not None
+            else None
+        )
         self.get_cond_logits = bare.get_cond_logits
         self.get_uncond_logits = bare.get_uncond_logits
         if logits:  # the loss takes the heads' raw logits (AdversarialLoss.uses_logits)
@@ -75,6 +94,8 @@ class DiscriminatorView:
                 self.get_uncond_logits = functools.partial(self.get_uncond_logits, logits=True)
 
     def __call__(self, images: Tensor) -> Tensor:
+        if self._augment is not None:
+            images = self._augment(images)
         with self._autocast():
             features = self._route(images)
         return features.float()
@@ -108,6 +129,8 @@ class GANStep:
         freeze_d_for_g_step: bool = True,
         gp_weight: float = 10.0,
         n_critic: int = 1,
+        augment: Callable[[Tensor], Tensor] | None = None,
+        r1: float = 0.0,
     ) -> None:
         if len(netDs) != len(opt_ds):
             raise ValueError(f"{len(netDs)} discriminators but {len(opt_ds)} optimizers")
@@ -120,7 +143,13 @@ class GANStep:
         self.gp_weight = float(gp_weight) if loss.gradient_penalty else 0.0
         # Discriminator updates per generator update, all on this step's real batch and fakes.
         self.n_critic = int(n_critic)
-        self._parts = family.loss_parts + (("gp",) if loss.gradient_penalty else ())
+        # --r1: weight gamma of the R1 penalty gamma/2 E||grad_x D(x_real, c)||^2 (0 = none).
+        self.r1 = float(r1)
+        self._parts = (
+            family.loss_parts
+            + (("gp",) if loss.gradient_penalty else ())
+            + (("r1",) if self.r1 > 0 else ())
+        )
         # Where the discriminators have unconditional heads that count, the penalty covers them.
         self._gp_uncond = "uncond_real" in family.loss_parts and (
             getattr(family, "uncond_coeff", 1.0) > 0
@@ -134,11 +163,11 @@ class GANStep:
         encoders = [family.encoder(d) for d in self.netDs]
         logits = loss.uses_logits
         self._d_for_d_step = [
-            DiscriminatorView(d, route or encoder, self.autocast, logits)
+            DiscriminatorView(d, route or encoder, self.autocast, logits, augment)
             for d, encoder, route in zip(self.netDs, encoders, routes, strict=True)
         ]
         self._d_for_g_step = [
-            DiscriminatorView(d, encoder, self.autocast, logits)
+            DiscriminatorView(d, encoder, self.autocast, logits, augment)
             for d, encoder in zip(self.netDs, encoders, strict=True)
         ]
         # Off only to measure what the freezing saves (benchmarks/train_throughput.py).
@@ -171,6 +200,11 @@ class GANStep:
                     )
                     err_d = err_d + self.gp_weight * penalty
                     named = {**named, "gp": penalty.detach()}
+                if self.r1 > 0:
+                    real_images = real_view[0] if isinstance(real_view, tuple) else real_view
+                    penalty = r1_penalty(netD, real_images, conditions, uncond=self._gp_uncond)
+                    err_d = err_d + 0.5 * self.r1 * penalty
+                    named = {**named, "r1": penalty.detach()}
                 err_d.backward()
                 opt_d.step()
             errors_d.append(err_d.detach())
@@ -197,6 +231,26 @@ class GANStep:
         err_d_total = errors_d[0] if len(errors_d) == 1 else torch.stack(errors_d).sum()
         values = [err_d_total, err_g, kl, *parts]
         return torch.stack([v.detach().float() for v in values])
+
+
+def r1_penalty(
+    netD: DiscriminatorView, real: Tensor, conditions: Tensor, *, uncond: bool
+) -> Tensor:
+    """R1 (Mescheder et al. 2018): ``E[||grad_x D(x, c)||^2]`` of the conditional head's logits
+    at the real images ``x`` with their own conditions ``c``; with ``uncond`` the unconditional
+    head's is added. The step weights it by gamma / 2 (--r1)."""
+    batch = real.size(0)
+    images = real.detach().requires_grad_(True)
+    features = netD(images)
+    scores = [netD.cond_logits(features, conditions.detach())]
+    if uncond and netD.uncond_logits is not None:
+        scores.append(netD.uncond_logits(features))
+    penalty = None
+    for score in scores:
+        (grad,) = torch.autograd.grad(score.float().sum(), images, create_graph=True)
+        term = grad.float().reshape(batch, -1).pow(2).sum(dim=1).mean()
+        penalty = term if penalty is None else penalty + term
+    return penalty
 
 
 def make_optimizers(
@@ -249,9 +303,11 @@ def prepare_modules(
     compile_mode: str | None = None,
     fused_upsample: bool = True,
     gemm_convs: bool = False,
+    gemm_options: Mapping[str, Any] | None = None,
 ) -> None:
     """In place: G's upsampling convolutions fused and (``gemm_convs``, for the CPU) the widest
-    convolutions as matrix products (training/fast_layers.py), channels_last weights, and
+    convolutions as matrix products (training/fast_layers.py, ``gemm_options`` for
+    ``gemm_large_convolutions``: the family's ``cpu_gemm``), channels_last weights, and
     ``torch.compile`` of G, the discriminators' encoders and their heads.
 
     ``nn.Module.compile`` compiles the call without wrapping, so state dicts keep their keys.
@@ -259,9 +315,9 @@ def prepare_modules(
     if fused_upsample:
         fuse_nearest_upsampling(netG)
     if gemm_convs:
-        gemm_large_convolutions(netG)
+        gemm_large_convolutions(netG, **(gemm_options or {}))
         for netD in netDs:
-            gemm_large_convolutions(netD)
+            gemm_large_convolutions(netD, **(gemm_options or {}))
     if channels_last:
         for module in (netG, *netDs):
             module.to(memory_format=torch.channels_last)
