@@ -205,18 +205,22 @@ def _from_generator_file(data: Mapping[str, Any], path: Path) -> GeneratorBundle
 
 
 def _text_encoder(data: Any, path: Path) -> Any | None:
-    if data is None:
-        return None
+    return None if data is None else text_encoder_from_dict(data, str(path))
+
+
+def text_encoder_from_dict(data: Any, where: str) -> Any:
+    """A ``TextEncoder`` from its ``to_dict()`` (a generator file's entry or a
+    ``text_encoder.pt``); a one-line StackGANError naming ``where`` otherwise."""
     if not isinstance(data, Mapping):
-        raise StackGANError(f"{path}: the text encoder entry is not a dict")
+        raise StackGANError(f"{where}: the text encoder entry is not a dict")
     from stackgan_cli.text import TextEncoder  # the text package is heavy; only when needed
 
     try:
         return TextEncoder.from_dict(dict(data))
     except StackGANError as exc:
-        raise StackGANError(f"{path}: {exc}") from None
+        raise StackGANError(f"{where}: {exc}") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise StackGANError(f"{path}: its text encoder could not be loaded ({exc})") from None
+        raise StackGANError(f"{where}: its text encoder could not be loaded ({exc})") from None
 
 
 def _from_official(data: Any, path: Path) -> GeneratorBundle:

@@ -14,7 +14,7 @@ from typing import Any
 
 from stackgan_cli.errors import StackGANError
 from stackgan_cli.generator_file import FORMAT as GENERATOR_FORMAT
-from stackgan_cli.generator_file import GeneratorBundle
+from stackgan_cli.generator_file import GeneratorBundle, text_encoder_from_dict
 
 OPTION = "--text-encoder"
 
@@ -40,7 +40,7 @@ def load_text_encoder(source: str | Path) -> Any:
             f"{OPTION} {source}: dataset {dataset.name!r} was prepared without a text encoder; "
             f"run `stackgan prepare {dataset.name} --force` to train one"
         )
-    return _encoder(data, f"{OPTION} {source}")
+    return text_encoder_from_dict(data, f"{OPTION} {source}")
 
 
 def _from_file(path: Path) -> Any:
@@ -56,25 +56,12 @@ def _from_file(path: Path) -> Any:
         entry = data.get("text_encoder")
         if entry is None:
             raise StackGANError(f"{where} is a generator file that carries no text encoder")
-        return _encoder(entry, where)
+        return text_encoder_from_dict(entry, where)
     if isinstance(data, Mapping) and data.get("format") == ENCODER_FORMAT:
-        return _encoder(data, where)
+        return text_encoder_from_dict(data, where)
     raise StackGANError(
         f"{where} is neither a stackgan generator file nor a text encoder (text_encoder.pt)"
     )
-
-
-def _encoder(data: Any, where: str) -> Any:
-    if not isinstance(data, Mapping):
-        raise StackGANError(f"{where}: the text encoder entry is not a dict")
-    from stackgan_cli.text import TextEncoder  # heavy; only when an encoder is asked for
-
-    try:
-        return TextEncoder.from_dict(dict(data))
-    except StackGANError as exc:
-        raise StackGANError(f"{where}: {exc}") from None
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise StackGANError(f"{where}: its text encoder could not be loaded ({exc})") from None
 
 
 def use_text_encoder(bundle: GeneratorBundle, encoder: Any, source: str | Path) -> None:

@@ -73,7 +73,7 @@ def load_official_generator(
 
 def generator_from_state_dict(state: Any, *, name: str) -> tuple[int, ModelConfig, nn.Module]:
     """:func:`load_official_generator` for an already loaded object; ``name`` labels errors."""
-    state = _as_state_dict(state, name)
+    state = plain_state_dict(state, name)
     if any(key.startswith((*_DISCRIMINATOR_PREFIXES, _V2_DISCRIMINATOR_PREFIX)) for key in state):
         raise StackGANError(f"{name} is a discriminator, not a generator")
     if any(key.startswith(_V2_GENERATOR_PREFIX) for key in state):
@@ -110,11 +110,13 @@ def assign_state_dict(module: nn.Module, state: Mapping[str, Tensor]) -> nn.Modu
     return module
 
 
-def _as_state_dict(state: Any, name: str) -> dict[str, Tensor]:
+def plain_state_dict(state: Any, name: str, family: str = "StackGAN") -> dict[str, Tensor]:
+    """``state`` as a str -> Tensor dict without the DataParallel ``module.`` prefix; anything
+    else is "not a ``family`` generator state dict"."""
     if not isinstance(state, Mapping) or not state:
-        raise StackGANError(f"{name} is not a StackGAN generator state dict")
+        raise StackGANError(f"{name} is not a {family} generator state dict")
     if not all(isinstance(key, str) and isinstance(v, Tensor) for key, v in state.items()):
-        raise StackGANError(f"{name} is not a StackGAN generator state dict")
+        raise StackGANError(f"{name} is not a {family} generator state dict")
     if all(key.startswith("module.") for key in state):
         return {key[len("module.") :]: value for key, value in state.items()}
     return dict(state)

@@ -26,6 +26,7 @@ from stackgan_cli.models.official import (
     assign_state_dict,
     check_state_layout,
     empty_module,
+    plain_state_dict,
     read_torch_file,
 )
 
@@ -71,7 +72,7 @@ def v2_generator_from_state_dict(
     state: Any, *, name: str
 ) -> tuple[ModelConfig, StackGANv2Generator]:
     """:func:`load_official_v2_generator` for an already loaded object; ``name`` labels errors."""
-    state = _plain_state_dict(state, name)
+    state = plain_state_dict(state, name, "StackGAN-v2")
     _check_kind(state, name)
     cfg = _infer_config(state, name)
     generator = empty_module(StackGANv2Generator, cfg)
@@ -80,17 +81,6 @@ def v2_generator_from_state_dict(
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = torch.zeros((), dtype=torch.long)
     return cfg, assign_state_dict(generator, state).eval()
-
-
-def _plain_state_dict(state: Any, name: str) -> dict[str, Tensor]:
-    """``state`` as a str -> Tensor dict without the DataParallel ``module.`` prefix."""
-    if not isinstance(state, Mapping) or not state:
-        raise StackGANError(f"{name} is not a StackGAN-v2 generator state dict")
-    if not all(isinstance(key, str) and isinstance(v, Tensor) for key, v in state.items()):
-        raise StackGANError(f"{name} is not a StackGAN-v2 generator state dict")
-    if all(key.startswith("module.") for key in state):
-        return {key[len("module.") :]: value for key, value in state.items()}
-    return dict(state)
 
 
 def _check_kind(state: Mapping[str, Tensor], name: str) -> None:
