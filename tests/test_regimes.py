@@ -122,8 +122,9 @@ def test_stage2_wgan_gp_keeps_the_stage1_generator(tiny_dataset, tmp_path):
         assert torch.equal(generator[f"STAGE1_G.{key}"], value), key
 
 
-def test_wgan_gp_rmsprop_ema_resumes_bit_for_bit(tiny_dataset, tmp_path):
+def test_wgan_gp_rmsprop_ema_diffaugment_resumes_bit_for_bit(tiny_dataset, tmp_path):
     regime = ["--loss", "wgan-gp", "--optimizer", "rmsprop", "--ema", "0.99", "--n-critic", "2"]
+    regime += ["--diffaugment", "color,translation,cutout"]
     straight, halves = tmp_path / "straight", tmp_path / "halves"
     # Batches of 16: one step per epoch, so the three runs stay short.
     run_cli(train_args(straight, *TINY, *regime, epochs=2, batch=16))
@@ -135,6 +136,7 @@ def test_wgan_gp_rmsprop_ema_resumes_bit_for_bit(tiny_dataset, tmp_path):
         assert torch.equal(value, b["generator_average"][key]), key
     assert recorded(halves) == {**recorded(straight), "run_dir": str(halves)}
     assert recorded(halves)["optimizer"] == "rmsprop" and recorded(halves)["n_critic"] == 2
+    assert recorded(halves)["diffaugment"] == "color,translation,cutout"
 
 
 @pytest.mark.parametrize(
