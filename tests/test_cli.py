@@ -82,3 +82,12 @@ def test_commands_do_not_import_each_other():
         if bad:
             offenders[path.name] = bad
     assert offenders == {}
+
+
+def test_test_modules_do_not_import_each_other():
+    tests = Path(__file__).resolve().parent
+    offenders = {
+        path.name: sorted(name for name in _imported_modules(path) if name.startswith("test_"))
+        for path in sorted(tests.glob("test_*.py"))
+    }
+    assert {name: bad for name, bad in offenders.items() if bad} == {}

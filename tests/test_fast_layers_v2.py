@@ -16,7 +16,6 @@ from stackgan_cli.training.fast_layers import (
     NearestUpConv3x3,
     fuse_nearest_upsampling,
     gemm_large_convolutions,
-    nearest_up_conv3x3,
 )
 from stackgan_cli.training.step import prepare_modules
 
@@ -56,25 +55,6 @@ def assert_same_gradients(plain: torch.nn.Module, fast: torch.nn.Module) -> None
         assert (p.grad is None) == (q.grad is None), name
         if p.grad is not None and p.grad.norm() > 0:
             assert relative_error(q.grad, p.grad) < 1e-9, name
-
-
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_fused_upsampling_as_a_matrix_product_is_the_same_function(channels_last):
-    torch.manual_seed(0)
-    x = torch.randn(3, 5, 6, 7, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(4, 5, 3, 3, dtype=torch.float64, requires_grad=True)
-    if channels_last:
-        x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
-    reference = torch.nn.functional.conv2d(
-        torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"), w, padding=1
-    )
-    fused = nearest_up_conv3x3(x, w, gemm=True)
-    assert fused.is_contiguous(memory_format=torch.channels_last) == channels_last
-    torch.testing.assert_close(fused, reference, rtol=1e-12, atol=1e-12)
-    grad = torch.randn_like(reference)
-    expected = torch.autograd.grad(reference, (x, w), grad)
-    for got, want in zip(torch.autograd.grad(fused, (x, w), grad), expected, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("frozen", [False, True])

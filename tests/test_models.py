@@ -2,12 +2,11 @@
 with plain torch.nn.functional calls, and the import of official generator state dicts."""
 
 import dataclasses
-import json
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from reference_tables import assert_matches_table, read_table
 
 from stackgan_cli.errors import StackGANError
 from stackgan_cli.models import (
@@ -21,7 +20,6 @@ from stackgan_cli.models import (
 )
 from stackgan_cli.models.official import load_official_generator
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 NETWORKS = {
     "stage1_G": Stage1Generator,
     "stage1_D": Stage1Discriminator,
@@ -62,20 +60,12 @@ def _randomize_bn_stats(module: torch.nn.Module, seed: int = 1) -> None:
 @pytest.mark.parametrize("net", sorted(NETWORKS))
 def test_state_dict_matches_official_table(preset, net):
     prefix = "" if preset == "birds" else "coco_"
-    table = json.loads((REFERENCE / f"shapes_{prefix}{net}.json").read_text())
+    table = read_table(f"shapes_{prefix}{net}")
     assert table["config"]["preset"] == preset
     cfg = ModelConfig.preset(preset)
     with torch.device("meta"):  # shapes only: no memory, no time
         model = NETWORKS[net](cfg)
-    ours = [[key, list(value.shape)] for key, value in model.state_dict().items()]
-    assert ours == table["state_dict"]
-    params = list(model.parameters())
-    assert sum(p.numel() for p in params) == table["num_parameters"]
-    assert sum(p.numel() for p in params if p.requires_grad) == table["num_trainable_parameters"]
-    per_child = {
-        name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()
-    }
-    assert per_child == table["parameters_per_top_level_child"]
+    assert_matches_table(model, table)
 
 
 def test_presets_and_config_dict():

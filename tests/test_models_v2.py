@@ -3,7 +3,6 @@ with plain torch.nn.functional calls, their initialisation, and the import of of
 generator files (legacy torch serialization, Python-2 pickles)."""
 
 import dataclasses
-import json
 import pickle
 import struct
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import NamedTuple
 import pytest
 import torch
 import torch.nn.functional as F
+from reference_tables import assert_matches_table, read_table
 
 from stackgan_cli.errors import StackGANError
 from stackgan_cli.models import (
@@ -24,7 +24,6 @@ from stackgan_cli.models import (
 from stackgan_cli.models.official import load_official_generator
 from stackgan_cli.models.official_v2 import load_official_v2_generator
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 TINY = dataclasses.replace(
     ModelConfig.preset("birds-v2"),
     gf_dim=8,
@@ -87,7 +86,7 @@ def _save_legacy(state: dict, path: Path) -> Path:
 
 @pytest.mark.parametrize("net", ["G", "D64", "D128", "D256"])
 def test_state_dict_matches_official_v2_table(net):
-    table = json.loads((REFERENCE / f"shapes_v2_{net}.json").read_text())
+    table = read_table(f"shapes_v2_{net}")
     cfg = ModelConfig.preset("birds-v2")
     official = table["config"]
     assert (cfg.gf_dim, cfg.df_dim, cfg.z_dim, cfg.condition_dim) == (
@@ -105,16 +104,8 @@ def test_state_dict_matches_official_v2_table(net):
         model = (
             StackGANv2Generator(cfg) if net == "G" else StackGANv2Discriminator(cfg, int(net[1:]))
         )
-    ours = [[key, list(value.shape)] for key, value in model.state_dict().items()]
-    assert ours == table["state_dict"]
+    assert_matches_table(model, table)
     assert [key for key, _ in model.named_buffers()] == table["buffer_keys"]
-    params = list(model.parameters())
-    assert sum(p.numel() for p in params) == table["num_parameters"]
-    assert sum(p.numel() for p in params if p.requires_grad) == table["num_trainable_parameters"]
-    per_child = {
-        name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()
-    }
-    assert per_child == table["parameters_per_top_level_child"]
 
 
 def test_birds_v2_preset_and_config_dict():

@@ -1,50 +1,26 @@
 """Training regimes: --loss, --gp-weight, --n-critic, --optimizer/--beta1/--beta2, --init and
 --tensorboard on v1 Stage I, v1 Stage II and the v2 tree (stackgan_cli/training/regimes.py)."""
 
-import json
-import math
 import sys
 
 import pytest
 import torch
-from test_resume import assert_same_state
-from training_helpers import TINY, TINY_CFG, load, run_cli, train_args
+from training_helpers import (
+    TINY,
+    TINY_CFG,
+    assert_same_state,
+    finite_records,
+    load,
+    recorded,
+    run_cli,
+    train_args,
+    v2_args,
+)
 
 from stackgan_cli.generator_file import save_generator_file
 from stackgan_cli.models import build_generator
 from stackgan_cli.models.layers import DiscriminatorHead
 from stackgan_cli.models.losses import LOSSES
-
-V2_TINY = ["--arch", "v2", "--branches", "2", "--gf-dim", "4", "--df-dim", "4"]
-V2_TINY += ["--z-dim", "8", "--condition-dim", "4", "--r-num", "1"]
-
-
-def v2_args(run_dir, *extra, epochs=1, batch=8):
-    return [
-        "train",
-        "--dataset",
-        "tiny",
-        "--epochs",
-        str(epochs),
-        "--batch-size",
-        str(batch),
-        "--run-dir",
-        str(run_dir),
-        *V2_TINY,
-        *extra,
-    ]
-
-
-def finite_records(run_dir):
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert records
-    for record in records:
-        assert all(math.isfinite(v) for v in record.values() if isinstance(v, float)), record
-    return records
-
-
-def recorded(run_dir):
-    return json.loads((run_dir / "config.json").read_text())["train"]
 
 
 def test_logit_heads_keep_their_parameters_and_probabilities():
@@ -100,7 +76,7 @@ def test_stage1_regimes_train_with_finite_losses(tiny_dataset, tmp_path, extra):
 )
 def test_v2_regimes_train_with_finite_losses(tiny_dataset, tmp_path, extra):
     run = tmp_path / "run"
-    run_cli(v2_args(run, *extra, batch=16))
+    run_cli(v2_args(run, "--branches", "2", *extra, epochs=1, batch=16))
     records = finite_records(run)
     assert "D1_uncond_fake" in records[-1]
     assert ("D0_gp" in records[-1] and "D1_gp" in records[-1]) == (extra[1] == "wgan-gp")

@@ -4,9 +4,17 @@ Stage I, v1 Stage II and the v2 tree (training/network_options.py, training/diff
 import numpy as np
 import pytest
 import torch
-from test_regimes import finite_records, recorded, v2_args
-from test_resume import assert_same_state
-from training_helpers import TINY, TINY_CFG, load, run_cli, train_args
+from training_helpers import (
+    TINY,
+    TINY_CFG,
+    assert_same_state,
+    finite_records,
+    load,
+    recorded,
+    run_cli,
+    train_args,
+    v2_args,
+)
 
 from stackgan_cli.generator_file import load_generator_file, save_generator_file
 from stackgan_cli.models import build_generator
@@ -82,7 +90,7 @@ def test_stage1_options_train_with_finite_losses(tiny_dataset, tmp_path, extra):
 )
 def test_v2_options_train_with_finite_losses(tiny_dataset, tmp_path, extra):
     run = tmp_path / "run"
-    run_cli(v2_args(run, *extra, "--g-norm", "none", batch=16))
+    run_cli(v2_args(run, "--branches", "2", *extra, "--g-norm", "none", epochs=1, batch=16))
     records = finite_records(run)
     assert ("D1_r1" in records[-1]) == ("--r1" in extra)
     assert recorded(run)["g_norm"] == "none"

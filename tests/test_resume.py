@@ -10,35 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_helpers import TINY, load, run_cli, train_args
+from training_helpers import TINY, assert_same_state, load, run_cli, train_args
 
 from stackgan_cli import paths
 from stackgan_cli.training.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def assert_same_state(a: dict, b: dict) -> None:
-    """Bit-identical networks and optimizer states."""
-    networks = [("generator", a["generator"], b["generator"])]
-    networks += [
-        ("discriminator", d_a, d_b)
-        for d_a, d_b in zip(a["discriminators"], b["discriminators"], strict=True)
-    ]
-    for part, net_a, net_b in networks:
-        assert net_a.keys() == net_b.keys()
-        for key in net_a:
-            assert torch.equal(net_a[key], net_b[key]), f"{part}.{key}"
-    optimizers = [("optimizer_g", a["optimizer_g"], b["optimizer_g"])]
-    optimizers += [
-        ("optimizer_d", o_a, o_b)
-        for o_a, o_b in zip(a["optimizers_d"], b["optimizers_d"], strict=True)
-    ]
-    for part, opt_a, opt_b in optimizers:
-        for index, state in opt_a["state"].items():
-            for key, value in state.items():
-                assert torch.equal(value, opt_b["state"][index][key]), f"{part}.{index}.{key}"
-    assert a["global_step"] == b["global_step"]
 
 
 @pytest.mark.slow

@@ -5,41 +5,9 @@ import json
 import pytest
 import torch
 from PIL import Image
-from test_resume import assert_same_state
-from training_helpers import load, run_cli
+from training_helpers import assert_same_state, load, run_cli, v2_args
 
 from stackgan_cli.generator_file import load_generator_file
-
-V2_TINY = [
-    "--arch",
-    "v2",
-    "--gf-dim",
-    "4",
-    "--df-dim",
-    "4",
-    "--z-dim",
-    "8",
-    "--condition-dim",
-    "4",
-    "--r-num",
-    "1",
-]
-
-
-def v2_args(run_dir, *extra, epochs=2, batch=8):
-    return [
-        "train",
-        *V2_TINY,
-        "--dataset",
-        "tiny",
-        "--epochs",
-        str(epochs),
-        "--batch-size",
-        str(batch),
-        "--run-dir",
-        str(run_dir),
-        *extra,
-    ]
 
 
 @pytest.fixture(scope="module")

@@ -199,8 +199,9 @@ def test_stage1_one_epoch_on_cub_mini(shared_data, tmp_path):
     assert (run / "samples/epoch_0001.png").is_file()
 
 
+@pytest.mark.parametrize("gemm", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fused_upsampling_is_the_same_function(channels_last):
+def test_fused_upsampling_is_the_same_function(channels_last, gemm):
     from stackgan_cli.training.fast_layers import fuse_nearest_upsampling, nearest_up_conv3x3
 
     torch.manual_seed(0)
@@ -211,7 +212,7 @@ def test_fused_upsampling_is_the_same_function(channels_last):
     reference = torch.nn.functional.conv2d(
         torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"), w, padding=1
     )
-    fused = nearest_up_conv3x3(x, w)
+    fused = nearest_up_conv3x3(x, w, gemm=gemm)  # gemm: the phase convolution as one product
     assert fused.shape == (3, 4, 12, 14)
     assert fused.is_contiguous(memory_format=torch.channels_last) == channels_last
     torch.testing.assert_close(fused, reference, rtol=1e-12, atol=1e-12)

@@ -4,6 +4,8 @@ Not a test module: tests import these names, and ``conftest.py`` builds the ``ti
 fixture on :func:`write_tiny_prepared`.
 """
 
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +77,62 @@ def train_args(run_dir, *extra, stage=1, epochs=2, batch=8, dataset="tiny"):
 
 def load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# Tiny StackGAN-v2 networks for the CLI (3 branches unless --branches says otherwise).
+V2_TINY = ["--arch", "v2", "--gf-dim", "4", "--df-dim", "4", "--z-dim", "8"]
+V2_TINY += ["--condition-dim", "4", "--r-num", "1"]
+
+
+def v2_args(run_dir, *extra, epochs=2, batch=8):
+    """`stackgan train` arguments of a tiny StackGAN-v2 run on the tiny dataset."""
+    return [
+        "train",
+        *V2_TINY,
+        "--dataset",
+        "tiny",
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        str(batch),
+        "--run-dir",
+        str(run_dir),
+        *extra,
+    ]
+
+
+def finite_records(run_dir):
+    """The metrics records of a run, each checked to hold finite losses only."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records
+    for record in records:
+        assert all(math.isfinite(v) for v in record.values() if isinstance(v, float)), record
+    return records
+
+
+def recorded(run_dir):
+    """The training settings a run recorded in config.json."""
+    return json.loads((run_dir / "config.json").read_text())["train"]
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Bit-identical networks and optimizer states."""
+    networks = [("generator", a["generator"], b["generator"])]
+    networks += [
+        ("discriminator", d_a, d_b)
+        for d_a, d_b in zip(a["discriminators"], b["discriminators"], strict=True)
+    ]
+    for part, net_a, net_b in networks:
+        assert net_a.keys() == net_b.keys()
+        for key in net_a:
+            assert torch.equal(net_a[key], net_b[key]), f"{part}.{key}"
+    optimizers = [("optimizer_g", a["optimizer_g"], b["optimizer_g"])]
+    optimizers += [
+        ("optimizer_d", o_a, o_b)
+        for o_a, o_b in zip(a["optimizers_d"], b["optimizers_d"], strict=True)
+    ]
+    for part, opt_a, opt_b in optimizers:
+        for index, state in opt_a["state"].items():
+            for key, value in state.items():
+                assert torch.equal(value, opt_b["state"][index][key]), f"{part}.{index}.{key}"
+    assert a["global_step"] == b["global_step"]
