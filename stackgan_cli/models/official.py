@@ -62,13 +62,16 @@ def load_official_generator(
     is taken from the preset with the same gf_dim, else gf_dim // 2 (true of both presets).
     Raises StackGANError for a discriminator, an unreadable file or a non-StackGAN layout.
     """
-    if isinstance(state_dict_or_path, (str, Path)):
-        name = str(state_dict_or_path)
-        state = read_torch_file(state_dict_or_path)
-    else:
-        name = "the state dict"
-        state = state_dict_or_path
+    state, name = read_state(state_dict_or_path)
     return generator_from_state_dict(state, name=name)
+
+
+def read_state(state_dict_or_path: Any) -> tuple[Any, str]:
+    """``(object, name for errors)``: a path read with :func:`read_torch_file`, or the given
+    (already loaded) object."""
+    if isinstance(state_dict_or_path, (str, Path)):
+        return read_torch_file(state_dict_or_path), str(state_dict_or_path)
+    return state_dict_or_path, "the state dict"
 
 
 def generator_from_state_dict(state: Any, *, name: str) -> tuple[int, ModelConfig, nn.Module]:

@@ -27,7 +27,7 @@ from stackgan_cli.models.official import (
     check_state_layout,
     empty_module,
     plain_state_dict,
-    read_torch_file,
+    read_state,
 )
 
 # First keys of the official discriminators: StackGAN-v2 (D_NET*) and StackGAN-v1 (STAGE*_D).
@@ -59,12 +59,7 @@ def load_official_v2_generator(
     truncated file, a discriminator, a StackGAN-v1 generator, an unconditional StackGAN-v2
     generator, or shapes that fit no StackGAN-v2 layout.
     """
-    if isinstance(state_dict_or_path, (str, Path)):
-        name = str(state_dict_or_path)
-        state = read_torch_file(state_dict_or_path)
-    else:
-        name = "the state dict"
-        state = state_dict_or_path
+    state, name = read_state(state_dict_or_path)
     return v2_generator_from_state_dict(state, name=name)
 
 
