@@ -1,17 +1,20 @@
-"""Training regimes compared on the shapes dataset for the same wall time each.
+"""Training regimes compared on the shapes dataset for the same CPU time each.
 
-For each regime: ``stackgan train --stage 1`` at small widths in a subprocess, stopped with
-SIGINT (which saves the run after the current step) ``--seconds`` after training starts; then
-``stackgan generate`` for prompts of the colour/shape combinations seen in training (the 18
-training classes) and of the held-out ones (the 6 test classes: each colour with a shape it is
-never drawn with in training), and the conditioning accuracy: the share of images whose
+For each regime and seed: ``stackgan train --stage 1`` at small widths in a subprocess with one
+torch thread, stopped with SIGINT (which saves the run after the current step) once the
+process has used ``--cpu-seconds`` of CPU time (user + system, read from /proc, start-up
+included). CPU time rather than wall time keeps the budget fair on a machine shared with other
+work. Then ``stackgan generate`` for prompts of the colour/shape combinations seen in training
+(the 18 training classes) and of the held-out ones (the 6 test classes: each colour with a shape
+it is never drawn with in training), and the conditioning accuracy: the share of images whose
 dominant colour (stackgan_cli/evaluation/colour.py, the method of tests/test_conditioning.py)
-is the prompt's. Also the training steps done, seconds per step and a sample grid per regime
-(rows: the six colours; left three: a seen combination, right three: the held-out one).
+is the prompt's. Also the training steps done, CPU seconds per step, the last KL term (below
+1e-4 means the conditioning collapsed onto its prior) and a sample grid per regime (rows: the
+six colours; left three: a seen combination, right three: the held-out one).
 
-Prints one JSON line per regime (and one for the machine) on stdout. Usage::
+Prints one JSON line per run (and one for the machine) on stdout. Linux only (/proc). Usage::
 
-    python benchmarks/regimes_study.py --seconds 75 --out /tmp/study [--regimes official,hinge]
+    python benchmarks/regimes_study.py --cpu-seconds 200 --seeds 0,1 --parallel 2 --out /tmp/study
 
 The dataset is prepared once in ``OUT/home`` (its own STACKGAN_HOME): 400 images, 300 training
 ones of 18 classes and 100 test ones of 6 classes, the text encoder trained for 8 epochs
@@ -28,26 +31,37 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # name -> extra `stackgan train` options (the official recipe is no option at all)
+POLICY = "color,translation,cutout"
 REGIMES: dict[str, list[str]] = {
     "official": [],
     "hinge": ["--loss", "hinge"],
     "lsgan": ["--loss", "lsgan"],
     "wgan-gp-rmsprop": ["--loss", "wgan-gp", "--optimizer", "rmsprop"],
-    "official+diffaugment": ["--diffaugment", "color,translation,cutout"],
+    "official+diffaugment": ["--diffaugment", POLICY],
+    "hinge+diffaugment": ["--loss", "hinge", "--diffaugment", POLICY],
+    "lsgan+diffaugment": ["--loss", "lsgan", "--diffaugment", POLICY],
     "official+spectral": ["--d-norm", "spectral"],
-    "official+ema": ["--ema", "0.999"],
     "hinge+spectral+diffaugment": ["--loss", "hinge", "--d-norm", "spectral",
-                                   "--diffaugment", "color,translation,cutout"],
+                                   "--diffaugment", POLICY],
+    "official+ema": ["--ema", "0.99"],
 }  # fmt: skip
 PHRASINGS = ("an image of a {colour} {shape}", "{colour} {shape}", "please draw a {colour} {shape}")
-WIDTH, BATCH, SAMPLES_SEEN, SAMPLES_HELD = 8, 32, 2, 4
+WIDTH, BATCH, SAMPLES_SEEN, SAMPLES_HELD, LOG_EVERY = 8, 32, 2, 4, 10
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cli(*args: str, env: dict[str, str]) -> list[str]:
+def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "stackgan_cli", *args]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
 def prepare(home: Path, env: dict[str, str]) -> None:
@@ -60,49 +74,57 @@ def prepare(home: Path, env: dict[str, str]) -> None:
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
 
 
-def train(name: str, extra: list[str], seconds: float, out: Path, env: dict[str, str]) -> dict:
-    run_dir = out / "runs" / name
-    generator = out / "generators" / f"{name}.pt"
+def metrics_lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def train(run: str, extra: list[str], seed: int, budget: float, out: Path, env: dict) -> dict:
+    """Train until the process has used ``budget`` CPU seconds; steps, CPU s/step, last KL."""
+    run_dir = out / "runs" / run
+    generator = out / "generators" / f"{run}.pt"
     generator.parent.mkdir(parents=True, exist_ok=True)
     args = ["train", "--stage", "1", "--dataset", "shapes", "--epochs", "100000",
             "--batch-size", str(BATCH), "--gf-dim", str(WIDTH), "--df-dim", str(WIDTH),
-            "--sample-every", "100000", "--snapshot-every", "100000", "--log-every", "10",
-            "--seed", "0", "--device", "cpu", "--run-dir", str(run_dir), "--out",
-            str(generator), *extra]  # fmt: skip
-    log = open(out / f"{name}.train.log", "w")
-    started = time.monotonic()
-    proc = subprocess.Popen(cli(*args, env=env), env=env, stdout=log, stderr=subprocess.STDOUT)
+            "--sample-every", "100000", "--snapshot-every", "100000",
+            "--log-every", str(LOG_EVERY), "--seed", str(seed), "--device", "cpu",
+            "--run-dir", str(run_dir), "--out", str(generator), *extra]  # fmt: skip
     metrics = run_dir / "metrics.jsonl"
-    # The clock starts at the first step's metrics line (imports and set-up excluded)... or
-    # after 60 s of set-up at the latest.
-    while proc.poll() is None and not metrics.exists() and time.monotonic() - started < 60:
-        time.sleep(0.2)
-    first = time.monotonic()
-    loads = []
-    while proc.poll() is None and time.monotonic() - first < seconds:
-        time.sleep(1.0)
-        loads.append(os.getloadavg()[0])
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=300)
-    log.close()
-    import torch
-
-    state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
-    steps = int(state["global_step"])
-    elapsed = float(state.get("elapsed", 0.0))
+    started = time.monotonic()
+    with open(out / f"{run}.train.log", "w") as log:
+        proc = subprocess.Popen(cli(*args), env=env, stdout=log, stderr=subprocess.STDOUT)
+        first_cpu = None  # CPU time when the first metrics line (step LOG_EVERY) appeared
+        used = 0.0
+        while proc.poll() is None and used < budget:
+            time.sleep(0.25)
+            try:
+                used = cpu_seconds(proc.pid)
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                break
+            if first_cpu is None and metrics.exists():
+                first_cpu = used
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=300)
+    records = metrics_lines(metrics)
+    steps = records[-1]["step"] if records else 0
     if not generator.exists():  # an interrupted run leaves RUN_DIR/generator.pt
         generator = run_dir / "generator.pt"
+    timed_steps = steps - LOG_EVERY
     return {
         "steps": steps,
-        "train_seconds": round(elapsed, 1),
-        "s_per_step": round(elapsed / max(steps, 1), 4),
-        "load_avg_1min": round(sum(loads) / max(len(loads), 1), 2),
+        "cpu_seconds": round(used, 1),
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "cpu_s_per_step": round((used - first_cpu) / timed_steps, 4)
+        if first_cpu is not None and timed_steps > 0
+        else None,
+        "last_kl": records[-1]["kl"] if records else None,
         "generator": str(generator),
         "returncode": proc.returncode,
     }
 
 
-def accuracy(generator: str, name: str, out: Path, env: dict[str, str]) -> dict:
+def accuracy(generator: str, run: str, out: Path, env: dict[str, str]) -> dict:
     import numpy as np
     from PIL import Image
 
@@ -115,10 +137,10 @@ def accuracy(generator: str, name: str, out: Path, env: dict[str, str]) -> dict:
         ("held_out", [c for c in CLASSES if c in TEST_CLASSES], SAMPLES_HELD),
     ):
         prompts = [(c, s, p.format(colour=c, shape=s)) for c, s in classes for p in PHRASINGS]
-        folder = out / "generated" / name / kind
+        folder = out / "generated" / run / kind
         subprocess.run(
             cli("generate", *(text for _, _, text in prompts), "-n", str(samples), "--ckpt",
-                generator, "--seed", "0", "--device", "cpu", "--out", str(folder), env=env),
+                generator, "--seed", "0", "--device", "cpu", "--out", str(folder)),
             env=env, check=True, capture_output=True,
         )  # fmt: skip
         width_p, width_s = max(2, len(str(len(prompts) - 1))), max(2, len(str(samples - 1)))
@@ -133,11 +155,11 @@ def accuracy(generator: str, name: str, out: Path, env: dict[str, str]) -> dict:
                 images.setdefault((kind, colour, shape), []).append(pixels)
         result[f"acc_{kind}"] = round(hits / total, 3)
         result[f"n_{kind}"] = total
-    result["grid"] = str(grid(images, name, out))
+    result["grid"] = str(grid(images, run, out))
     return result
 
 
-def grid(images: dict, name: str, out: Path) -> Path:
+def grid(images: dict, run: str, out: Path) -> Path:
     """Rows: the six colours; three images of a seen combination, then three of the held-out
     one (the held-out shape of each colour; the seen one is the next shape)."""
     import numpy as np
@@ -153,32 +175,47 @@ def grid(images: dict, name: str, out: Path) -> Path:
         tiles = [np.asarray(Image.fromarray(t).resize((64, 64))) for t in tiles]
         gap = np.full((64, 4, 3), 255, np.uint8)
         rows.append(np.concatenate([*tiles[:3], gap, *tiles[3:]], axis=1))
-    path = out / "grids" / f"{name}.png"
+    path = out / "grids" / f"{run}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(path, optimize=True)
     return path
 
 
+def study_one(name: str, seed: int, budget: float, out: Path, env: dict[str, str]) -> dict:
+    run = f"{name}-seed{seed}"
+    record = {"regime": name, "seed": seed, "options": " ".join(REGIMES[name]) or "(official)"}
+    record.update(train(run, REGIMES[name], seed, budget, out, env))
+    record.update(accuracy(record["generator"], run, out, env))
+    return record
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=75.0, help="training time per regime")
+    parser.add_argument("--cpu-seconds", type=float, default=60.0, help="CPU time per run")
+    parser.add_argument("--seeds", default="0", help="training seeds, comma-separated")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at a time")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--regimes", default=",".join(REGIMES))
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "STACKGAN_HOME": str(out / "home"), "OMP_NUM_THREADS": str(args.threads)}
+    env = {**os.environ, "STACKGAN_HOME": str(out / "home"), "OMP_NUM_THREADS": "1"}
     env.setdefault("PYTHONUNBUFFERED", "1")
     prepare(out / "home", env)
-    print(json.dumps({"machine": platform.processor() or platform.machine(),
-                      "cpus": os.cpu_count(), "threads": args.threads,
-                      "seconds": args.seconds, "uptime": os.getloadavg()}), flush=True)  # fmt: skip
-    for name in args.regimes.split(","):
-        record = {"regime": name, "options": " ".join(REGIMES[name]) or "(official)"}
-        record.update(train(name, REGIMES[name], args.seconds, out, env))
-        record.update(accuracy(record["generator"], name, out, env))
-        print(json.dumps(record), flush=True)
+    machine = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "threads_per_run": 1,
+        "parallel": args.parallel,
+        "cpu_seconds": args.cpu_seconds,
+        "load": os.getloadavg(),
+    }
+    print(json.dumps(machine), flush=True)
+    jobs = [(name, int(seed)) for seed in args.seeds.split(",") for name in args.regimes.split(",")]
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        futures = [pool.submit(study_one, n, s, args.cpu_seconds, out, env) for n, s in jobs]
+        for future in futures:
+            print(json.dumps(future.result()), flush=True)
 
 
 if __name__ == "__main__":

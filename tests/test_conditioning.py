@@ -90,6 +90,7 @@ def test_generated_colours_follow_the_prompt(tmp_path, one_thread):
          "--device", "cpu", "--out", str(generator)],
     )  # fmt: skip
     assert trained.exit_code == 0, trained.output[-3000:]
+    assert "collapsed" not in trained.output  # the warning of training/loop.py
 
     prompts = [
         (colour, phrasing.format(colour=colour, shape=shape))

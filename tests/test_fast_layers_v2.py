@@ -178,3 +178,25 @@ def test_birds_widths_rewrites_as_the_trainer_prepares_them(monkeypatch):
         1024 * 2048 * 16,
     ]
     assert all(m.weight.numel() >= GEMM_MIN_WEIGHTS for d in gemm for m in d)
+
+
+def test_compile_reaches_every_discriminator_block():
+    """``--compile``: v1 discriminators are called as their encoder and head modules, v2 ones
+    through methods over their blocks, so each v2 block is compiled. Compilation itself
+    happens at the first call; the wiring and the state-dict keys are checked here."""
+    from stackgan_cli.models import build_discriminator, build_generator
+
+    cfg = ModelConfig(gf_dim=8, df_dim=8, z_dim=8, condition_dim=4, text_dim=16, branch_num=3)
+    netDs = [StackGANv2Discriminator(cfg, size) for size in SIZES]
+    keys = [list(d.state_dict()) for d in netDs]
+    prepare_modules(StackGANv2Generator(cfg), netDs, channels_last=False, compile=True)
+    for netD, before in zip(netDs, keys, strict=True):
+        assert list(netD.state_dict()) == before
+        blocks = list(netD.children())
+        assert blocks and all(b._compiled_call_impl is not None for b in blocks)
+
+    v1 = dataclasses.replace(cfg, branch_num=1, r_num=2)
+    netD = build_discriminator(2, v1)
+    prepare_modules(build_generator(1, v1), [netD], channels_last=False, compile=True)
+    heads = (netD, netD.get_cond_logits, netD.get_uncond_logits)
+    assert all(m._compiled_call_impl is not None for m in heads)

@@ -256,6 +256,23 @@ def test_evaluate_an_official_v2_file_at_a_size(files, tmp_path, recorder, size,
         assert np.isfinite(data["metrics"][metric]["value"])
 
 
+def test_default_reports_of_two_sizes_are_kept_apart(files, recorder, tmp_path):
+    import json
+    import shutil
+
+    ckpt = tmp_path / files["v2"].name  # the reports go beside it
+    shutil.copy(files["v2"], ckpt)
+    common = ["--dataset", "shapes", "--num-samples", 6, "--splits", 1, "--batch-size", 4,
+              "--device", "cpu", "--no-diversity"]  # fmt: skip
+    _ok("evaluate", "--ckpt", ckpt, *common, "--size", 128)
+    _ok("evaluate", "--ckpt", ckpt, *common)
+    small = ckpt.with_name(f"{ckpt.stem}.128px.eval.json")
+    largest = ckpt.with_name(f"{ckpt.stem}.eval.json")
+    assert json.loads(small.read_text())["protocol"]["resolution"] == 128
+    assert json.loads(largest.read_text())["protocol"]["resolution"] == 256
+    assert json.loads(largest.read_text())["checkpoint"]["output_sizes"] == [64, 128, 256]
+
+
 def test_evaluate_size_options(files, tmp_path, shapes_dataset):
     result = _run("evaluate", "--real", "--dataset", "shapes", "--size", 128)
     assert result.exit_code == 2 and "--resolution" in result.stderr

@@ -178,3 +178,25 @@ def test_tensorboard_writes_event_files(tiny_dataset, tmp_path):
     tags = accumulator.Tags()
     assert {"loss/errD", "loss/errG", "lr/g", "lr/d"} <= set(tags["scalars"])
     assert "samples" in tags["images"]
+
+
+def test_tensorboard_shows_each_step_once_after_a_resume(tiny_dataset, tmp_path):
+    """A session killed after its epoch-1 checkpoint had logged epoch 2 already; the resumed
+    session logs epoch 2 again, and TensorBoard must show those steps once."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    args = [*TINY, "--tensorboard", "--log-every", "1", "--snapshot-every", "1"]
+    run_cli(train_args(run, *args, epochs=2))
+    checkpoints = run / "checkpoints"
+    # Back to the state right after epoch 1, as if the process had died during epoch 2.
+    (checkpoints / "epoch_0001.pt").replace(checkpoints / "last.pt")
+    (checkpoints / "epoch_0002.pt").unlink()
+    (run / "generator.pt").unlink()
+    run_cli(["resume", str(run)])
+
+    accumulator = EventAccumulator(str(run / "tensorboard"))
+    accumulator.Reload()
+    steps = [event.step for event in accumulator.Scalars("loss/errG")]
+    assert steps == [1, 2, 3, 4]

@@ -19,6 +19,7 @@ from training_helpers import (
 from stackgan_cli.generator_file import load_generator_file, save_generator_file
 from stackgan_cli.models import build_generator
 from stackgan_cli.training.diffaugment import DiffAugment, parse_policy
+from stackgan_cli.training.loop import COLLAPSE_MIN_STEPS, COLLAPSED_KL, conditioning_collapsed
 
 POLICY = "color,translation,cutout"
 
@@ -186,3 +187,26 @@ def test_describe_regime_names_the_new_options():
         "--g-norm none --d-norm spectral --d-dropout 0.2 --diffaugment color --r1 1"
     )
     assert describe_regime(TrainConfig()) == "the official settings"
+
+
+def test_conditioning_collapse_rule():
+    assert conditioning_collapsed(3e-6, COLLAPSE_MIN_STEPS, kl_coeff=2.0)
+    assert not conditioning_collapsed(3e-3, COLLAPSE_MIN_STEPS, kl_coeff=2.0)
+    # Every run starts near the prior, and without the KL term nothing pulls it there.
+    assert not conditioning_collapsed(3e-6, COLLAPSE_MIN_STEPS - 1, kl_coeff=2.0)
+    assert not conditioning_collapsed(3e-6, COLLAPSE_MIN_STEPS, kl_coeff=0.0)
+
+
+def test_collapsed_conditioning_is_reported(shapes_dataset, tmp_path):
+    """Without BatchNorm the width-8 discriminator learns the text match too slowly and the
+    KL term pulls conditioning augmentation onto its prior (benchmarks/REGIMES.md); training
+    says so once, while it runs. The official run of tests/test_conditioning.py does not."""
+    run_dir = tmp_path / "run"
+    args = ["--gf-dim", "8", "--df-dim", "8", "--d-norm", "none", "--sample-every", "100",
+            "--log-every", "10", "--seed", "0"]  # fmt: skip
+    result = run_cli(train_args(run_dir, *args, epochs=55, batch=30, dataset="shapes"))
+    output = " ".join(result.output.split())
+    assert output.count("has collapsed onto its prior") == 1, output[-2000:]
+    assert "--d-norm batch" in output and "--kl-coeff" in output
+    last = finite_records(run_dir)[-1]
+    assert last["step"] >= COLLAPSE_MIN_STEPS and last["kl"] < COLLAPSED_KL

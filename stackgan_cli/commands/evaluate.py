@@ -68,8 +68,8 @@ def evaluate(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="JSON report. Default: <ckpt>.eval.json beside the checkpoint "
-            "(--real: evaluations/ in the cache).",
+            help="JSON report. Default: <ckpt>.eval.json beside the checkpoint, "
+            "<ckpt>.<size>px.eval.json for a smaller --size (--real: evaluations/ in the cache).",
             dir_okay=False,
         ),
     ] = None,

@@ -25,13 +25,17 @@ def write_report(path: Path, result: dict) -> None:
 
 
 def default_out_path(result: dict) -> Path:
-    """Beside the checkpoint (``<ckpt>.eval.json``); real-image runs go to the cache."""
+    """Beside the checkpoint: ``<ckpt>.eval.json`` for its largest images, and
+    ``<ckpt>.<size>px.eval.json`` for a smaller ``--size`` (so scoring one StackGAN-v2 file at
+    two sizes keeps both reports); real-image runs go to the cache."""
+    resolution = result["protocol"]["resolution"]
     if result["mode"] == "real":
         name = result["dataset"]["name"]
-        resolution = result["protocol"]["resolution"]
         return paths.cache_root() / "evaluations" / f"real-{name}-{resolution}px.eval.json"
     ckpt = Path(result["checkpoint"]["path"])
-    return ckpt.with_name(f"{ckpt.stem}.eval.json")
+    sizes = result["checkpoint"].get("output_sizes") or [resolution]
+    suffix = "" if resolution == max(sizes) else f".{resolution}px"
+    return ckpt.with_name(f"{ckpt.stem}{suffix}.eval.json")
 
 
 def save_report(result: dict, out: Path | None) -> Path:

@@ -222,6 +222,7 @@ def _checkpoint_record(bundle: GeneratorBundle) -> dict:
         "source": bundle.source,
         "dataset": bundle.dataset,
         "model_config": bundle.cfg.to_dict(),
+        "output_sizes": list(output_sizes(bundle)),
     }
 
 

@@ -455,7 +455,25 @@ class Trainer:
             self._append_metrics(record)
             if self.tensorboard is not None:
                 self.tensorboard.scalars(record, self.global_step)
+            self._check_conditioning(record["kl"])
         progress.update(record, epoch_end=epoch_end)
+
+    def _check_conditioning(self, kl: float) -> None:
+        """Warn once per session when the conditioning has collapsed onto its prior."""
+        if self._collapse_warned or not conditioning_collapsed(
+            kl, self.global_step, self.cfg.kl_coeff
+        ):
+            return
+        self._collapse_warned = True
+        warn(
+            f"at step {self.global_step} the KL term is {kl:.1e}: conditioning augmentation "
+            "has collapsed onto its prior, so the generator no longer sees the text (every "
+            "prompt gives the same images). The discriminator learned to tell matching from "
+            f"mismatched captions too slowly to hold off the KL term (--kl-coeff "
+            f"{self.cfg.kl_coeff:g}), as seen with --d-norm none or spectral; it does not "
+            "recover. Stop, and start a new run with the official --d-norm batch or a smaller "
+            "--kl-coeff"
+        )
 
     def _set_learning_rates(self) -> None:
         """The learning rates of the epoch the sampler is in (halved every lr_decay_every)."""
@@ -490,6 +508,7 @@ class Trainer:
         cfg, ctx, sampler = self.cfg, self.ctx, self.sampler
         self._window = torch.zeros(cfg.log_every, len(self.loss_names), device=self.device)
         self._window_len = 0
+        self._collapse_warned = False
         # The stop flag is local to each process; under DDP the ranks agree on it at logging
         # points (and after every step on the CPU, where that collective is cheap).
         stop_every = 1 if not ctx.enabled or self.device.type == "cpu" else cfg.log_every
@@ -500,6 +519,8 @@ class Trainer:
             f"{sampler.epoch + 1}-{cfg.epochs}, {self.device}; run directory {self.run_dir}"
         )
         self._set_learning_rates()
+        if self.tensorboard is not None:
+            self.tensorboard.start(self.global_step)
         self._window_start = time.perf_counter()
         while sampler.epoch < cfg.epochs:
             batch = sampler.next_batch()  # (real, text), or (real, text, wrong) for v2
@@ -589,6 +610,20 @@ class Trainer:
 
 
 STALE_BATCHNORM_SHARE = 0.01
+
+# Conditioning collapse: the KL term of conditioning augmentation (batch mean, nats) below
+# COLLAPSED_KL after COLLAPSE_MIN_STEPS steps. Healthy Stage-I shapes runs start near 3e-3 and
+# grow; runs whose discriminator never learned the text match fall to 1e-5..1e-7 within about
+# 40 steps and stay there (benchmarks/REGIMES.md).
+COLLAPSED_KL = 1e-4
+COLLAPSE_MIN_STEPS = 100
+
+
+def conditioning_collapsed(kl: float, step: int, kl_coeff: float) -> bool:
+    """Whether a logged KL term ``kl`` at ``step`` means that mu and sigma of conditioning
+    augmentation sit on the N(0, I) prior for every caption, so the condition c carries no
+    text. Only meaningful when the KL term is trained (``kl_coeff`` > 0)."""
+    return kl_coeff > 0 and step >= COLLAPSE_MIN_STEPS and kl < COLLAPSED_KL
 
 
 def initial_batchnorm_share(module: torch.nn.Module, steps: int) -> float:

@@ -185,7 +185,12 @@ def require_tensorboard() -> None:
 
 class TensorBoardLog:
     """TensorBoard event files in ``RUN_DIR/tensorboard``: losses and learning rates at each
-    metrics record, the sample grids when they are written."""
+    metrics record, the sample grids when they are written.
+
+    The writer opens at :meth:`start`. A resumed session starts it at the step after its
+    checkpoint, so TensorBoard hides what the interrupted session logged beyond that step
+    (``purge_step``) instead of showing those steps twice.
+    """
 
     def __init__(self, run_dir: Path) -> None:
         require_tensorboard()
@@ -193,7 +198,15 @@ class TensorBoardLog:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
             raise StackGANError(f"{TENSORBOARD_MISSING} ({exc})") from None
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD_DIR))
+        self._make_writer = SummaryWriter
+        self.log_dir = Path(run_dir) / TENSORBOARD_DIR
+        self.writer: Any = None
+
+    def start(self, global_step: int) -> None:
+        """Open the event file of a session that continues after ``global_step`` steps."""
+        if self.writer is None:
+            purge = global_step + 1 if global_step > 0 else None
+            self.writer = self._make_writer(log_dir=str(self.log_dir), purge_step=purge)
 
     def scalars(self, record: dict[str, Any], step: int) -> None:
         for name, value in record.items():
@@ -213,7 +226,9 @@ class TensorBoardLog:
         self.writer.add_image("samples", pixels, step, dataformats="HWC")
 
     def flush(self) -> None:
-        self.writer.flush()
+        if self.writer is not None:
+            self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()

@@ -308,7 +308,8 @@ def prepare_modules(
     """In place: G's upsampling convolutions fused and (``gemm_convs``, for the CPU) the widest
     convolutions as matrix products (training/fast_layers.py, ``gemm_options`` for
     ``gemm_large_convolutions``: the family's ``cpu_gemm``), channels_last weights, and
-    ``torch.compile`` of G, the discriminators' encoders and their heads.
+    ``torch.compile`` of G, the discriminators' encoders and their heads (for StackGAN-v2,
+    whose encoder and heads are methods, each of the discriminator's blocks).
 
     ``nn.Module.compile`` compiles the call without wrapping, so state dicts keep their keys.
     """
@@ -324,7 +325,11 @@ def prepare_modules(
     if compile:
         netG.compile(mode=compile_mode)
         for netD in netDs:
-            netD.compile(mode=compile_mode)
-            for head in (netD.get_cond_logits, netD.get_uncond_logits):
-                if isinstance(head, nn.Module):  # v2 heads are methods: not compiled
-                    head.compile(mode=compile_mode)
+            if isinstance(netD.get_cond_logits, nn.Module):  # v1: call = encoder, heads
+                netD.compile(mode=compile_mode)
+                netD.get_cond_logits.compile(mode=compile_mode)
+                if isinstance(netD.get_uncond_logits, nn.Module):
+                    netD.get_uncond_logits.compile(mode=compile_mode)
+            else:  # v2: encode() and the heads are methods over its blocks
+                for block in netD.children():
+                    block.compile(mode=compile_mode)
