@@ -14,7 +14,9 @@ six colours; left three: a seen combination, right three: the held-out one).
 
 Prints one JSON line per run (and one for the machine) on stdout. Linux only (/proc). Usage::
 
-    python benchmarks/regimes_study.py --cpu-seconds 200 --seeds 0,1 --parallel 2 --out /tmp/study
+    python benchmarks/regimes_study.py --cpu-seconds 240 --seeds 0,1 --parallel 2 --out /tmp/study \
+        > study.jsonl
+    python benchmarks/regimes_study.py --table study.jsonl   # the Markdown table of REGIMES.md
 
 The dataset is prepared once in ``OUT/home`` (its own STACKGAN_HOME): 400 images, 300 training
 ones of 18 classes and 100 test ones of 6 classes, the text encoder trained for 8 epochs
@@ -42,9 +44,11 @@ REGIMES: dict[str, list[str]] = {
     "lsgan": ["--loss", "lsgan"],
     "wgan-gp-rmsprop": ["--loss", "wgan-gp", "--optimizer", "rmsprop"],
     "official+diffaugment": ["--diffaugment", POLICY],
+    "official+diffaugment-nocolor": ["--diffaugment", "translation,cutout"],
     "hinge+diffaugment": ["--loss", "hinge", "--diffaugment", POLICY],
     "lsgan+diffaugment": ["--loss", "lsgan", "--diffaugment", POLICY],
     "official+spectral": ["--d-norm", "spectral"],
+    "official+spectral+kl0.1": ["--d-norm", "spectral", "--kl-coeff", "0.1"],
     "hinge+spectral+diffaugment": ["--loss", "hinge", "--d-norm", "spectral",
                                    "--diffaugment", POLICY],
     "official+ema": ["--ema", "0.99"],
@@ -177,7 +181,8 @@ def grid(images: dict, run: str, out: Path) -> Path:
         rows.append(np.concatenate([*tiles[:3], gap, *tiles[3:]], axis=1))
     path = out / "grids" / f"{run}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path, optimize=True)
+    picture = Image.fromarray(np.concatenate(rows, axis=0))
+    picture.quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)  # 1/3 size
     return path
 
 
@@ -189,14 +194,58 @@ def study_one(name: str, seed: int, budget: float, out: Path, env: dict[str, str
     return record
 
 
+def table(lines: list[str]) -> str:
+    """The study's JSON lines as a Markdown table: one row per regime, seeds averaged."""
+    runs: dict[str, list[dict]] = {}
+    for line in lines:
+        record = json.loads(line)
+        if "regime" in record:
+            runs.setdefault(record["regime"], []).append(record)
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
+    def each(records: list[dict], key: str, scale: float = 100.0) -> str:
+        return " / ".join(f"{r[key] * scale:.0f}" for r in records)
+
+    rows = [
+        "| regime | options | seeds | steps | CPU s/step | last KL (per seed) "
+        "| acc. seen % (per seed) | acc. held-out % (per seed) |",
+        "|---|---|---:|---:|---:|---:|---|---|",
+    ]
+    order = list(REGIMES)
+    for name, records in sorted(runs.items(), key=lambda kv: order.index(kv[0])):
+        records.sort(key=lambda r: r["seed"])
+        kls = " / ".join(f"{r['last_kl']:.0e}" for r in records)
+        rows.append(
+            f"| {name} | `{records[0]['options']}` | {len(records)} "
+            f"| {mean([r['steps'] for r in records]):.0f} "
+            f"| {mean([r['cpu_s_per_step'] for r in records]):.3f} "
+            f"| {kls} "
+            f"| **{mean([r['acc_seen'] for r in records]) * 100:.1f}** "
+            f"({each(records, 'acc_seen')}) "
+            f"| **{mean([r['acc_held_out'] for r in records]) * 100:.1f}** "
+            f"({each(records, 'acc_held_out')}) |"
+        )
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cpu-seconds", type=float, default=60.0, help="CPU time per run")
     parser.add_argument("--seeds", default="0", help="training seeds, comma-separated")
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="folder for the dataset, runs and grids")
     parser.add_argument("--regimes", default=",".join(REGIMES))
+    parser.add_argument(
+        "--table", type=Path, help="print the Markdown table of a study's JSON lines and exit"
+    )
     args = parser.parse_args()
+    if args.table is not None:
+        print(table(args.table.read_text().splitlines()))
+        return
+    if args.out is None:
+        parser.error("--out is required to run the study")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "STACKGAN_HOME": str(out / "home"), "OMP_NUM_THREADS": "1"}

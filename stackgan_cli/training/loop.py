@@ -468,11 +468,11 @@ class Trainer:
         warn(
             f"at step {self.global_step} the KL term is {kl:.1e}: conditioning augmentation "
             "has collapsed onto its prior, so the generator no longer sees the text (every "
-            "prompt gives the same images). The discriminator learned to tell matching from "
-            f"mismatched captions too slowly to hold off the KL term (--kl-coeff "
-            f"{self.cfg.kl_coeff:g}), as seen with --d-norm none or spectral; it does not "
-            "recover. Stop, and start a new run with the official --d-norm batch or a smaller "
-            "--kl-coeff"
+            "prompt gives the same images) and it will not recover. The discriminator learned "
+            "to tell matching from mismatched captions too slowly to hold off the KL term "
+            f"(--kl-coeff {self.cfg.kl_coeff:g}), as happens with --d-norm none or spectral. "
+            "Stop, and start a new run with the official --d-norm batch or a smaller "
+            "--kl-coeff (e.g. 0.1)"
         )
 
     def _set_learning_rates(self) -> None:
@@ -611,10 +611,12 @@ class Trainer:
 
 STALE_BATCHNORM_SHARE = 0.01
 
-# Conditioning collapse: the KL term of conditioning augmentation (batch mean, nats) below
-# COLLAPSED_KL after COLLAPSE_MIN_STEPS steps. Healthy Stage-I shapes runs start near 3e-3 and
-# grow; runs whose discriminator never learned the text match fall to 1e-5..1e-7 within about
-# 40 steps and stay there (benchmarks/REGIMES.md).
+# Conditioning collapse: the KL term of conditioning augmentation (mean over the batch and
+# the condition's dimensions) below COLLAPSED_KL after COLLAPSE_MIN_STEPS steps. Healthy
+# Stage-I shapes runs start near 3e-3 and grow; runs whose discriminator never learned the text
+# match fall below 1e-4 within about 40 steps and stay there. It is permanent: once every
+# pre-activation of the layer's ReLU is negative, mu = logvar = 0 for every caption and no
+# gradient reaches the layer (benchmarks/REGIMES.md).
 COLLAPSED_KL = 1e-4
 COLLAPSE_MIN_STEPS = 100
 
