@@ -247,4 +247,6 @@ def _evaluation(evaluation: dict[str, Any] | None) -> str:
         for name, label in _EVAL_LABELS.items()
         if evaluation["metrics"].get(name) is not None
     ]
+    if evaluation.get("size"):
+        parts.append(f"at {evaluation['size']} px")
     return "\n".join(parts) or "evaluated"

@@ -64,11 +64,12 @@ def make_run(
     return run_dir
 
 
-def _report(path: Path, ckpt: Path, fid: float, *, mode: str = "generated") -> Path:
+def _report(path: Path, ckpt: Path, fid: float, *, mode: str = "generated", size: int = 64) -> Path:
     report = {
         "format": "stackgan-evaluation",
         "mode": mode,
         "metrics": {"inception_score": {"value": 1.5, "std": 0.1}, "fid": {"value": fid}},
+        "protocol": {"resolution": size},
         "checkpoint": {"path": str(ckpt)},
         "times": {"finished_at": "2026-01-02T00:00:00+00:00"},
     }
@@ -164,6 +165,10 @@ def test_latest_evaluation_of_the_runs_generator(tmp_path):
     assert record["sample"] == str(run_dir / "samples" / "epoch_0010.png")
     (tmp_path / "s1.eval.json").unlink()
     assert read_run(run_dir)["evaluation"]["metrics"]["fid"] == 300.0
+    # evaluate --size 128 of the --out copy writes s1.128px.eval.json beside it.
+    small = _report(tmp_path / "s1.128px.eval.json", out, fid=200.0, size=128)
+    evaluation = read_run(run_dir)["evaluation"]
+    assert evaluation["path"] == str(small) and evaluation["size"] == 128
 
 
 def test_damaged_and_partial_runs_are_listed_with_what_is_known(tmp_path):
@@ -224,14 +229,14 @@ def test_cli_table_json_and_errors(tmp_path):
         metrics=_metrics(6),
         model={"gf_dim": 8, "df_dim": 8},
     )
-    _report(run_dir / "generator.eval.json", run_dir / "generator.pt", fid=123.456)
+    _report(run_dir / "generator.eval.json", run_dir / "generator.pt", fid=123.456, size=256)
 
     result = _invoke(tmp_path)
     assert result.exit_code == 0, result.output
     row = next(line for line in result.stdout.splitlines() if "stage1-shapes-demo" in line)
     for text in ("v1 stage 1", "shapes", "batch-size 16", "3/30", "D 1.100", "IS 1.50"):
         assert text in row
-    for text in ("gf 8 df 8", "0:09", "G 1.300", "KL 0.060", "FID 123.46"):
+    for text in ("gf 8 df 8", "0:09", "G 1.300", "KL 0.060", "FID 123.46", "at 256 px"):
         assert text in result.stdout
 
     result = _invoke(tmp_path, "--json")

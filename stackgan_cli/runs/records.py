@@ -26,6 +26,7 @@ import datetime as _dt
 import json
 import math
 from collections.abc import Sequence
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -187,8 +188,9 @@ def latest_evaluation(run_dir: Path, out: str | None = None) -> dict[str, Any] |
     inside = run_dir.resolve()
     out_path = Path(out).expanduser().resolve() if out else None
     candidates = [*run_dir.glob("*.eval.json"), *run_dir.glob("*/*.eval.json")]
-    if out_path is not None:
+    if out_path is not None:  # <out>.eval.json and <out>.<size>px.eval.json (evaluate --size)
         candidates.append(out_path.with_name(f"{out_path.stem}.eval.json"))
+        candidates += out_path.parent.glob(f"{glob_escape(out_path.stem)}.*px.eval.json")
     best: tuple[float, dict[str, Any]] | None = None
     for candidate in dict.fromkeys(candidates):
         report = _read_json(candidate, None)
@@ -224,10 +226,13 @@ def _evaluation_summary(path: Path, ckpt: str, report: dict[str, Any]) -> dict[s
                 values[str(name)] = _float_or_none(metric["value"])
     times = report.get("times")
     finished = times.get("finished_at") if isinstance(times, dict) else None
+    protocol = report.get("protocol")
+    size = _int_or_none(protocol.get("resolution")) if isinstance(protocol, dict) else None
     return {
         "path": str(path),
         "checkpoint": ckpt,
         "finished_at": finished if isinstance(finished, str) else None,
+        "size": size,
         "metrics": values,
     }
 
