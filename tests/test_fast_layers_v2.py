@@ -8,6 +8,8 @@ import dataclasses
 
 import pytest
 import torch
+from training_helpers import TINY_V2_CFG as SMALL
+from training_helpers import V2_SIZES as SIZES
 
 from stackgan_cli.models import ModelConfig, StackGANv2Discriminator, StackGANv2Generator
 from stackgan_cli.training.fast_layers import (
@@ -18,18 +20,6 @@ from stackgan_cli.training.fast_layers import (
     gemm_large_convolutions,
 )
 from stackgan_cli.training.step import prepare_modules
-
-SMALL = dataclasses.replace(
-    ModelConfig.preset("birds-v2"),
-    gf_dim=8,
-    df_dim=4,
-    z_dim=10,
-    condition_dim=6,
-    r_num=2,
-    text_dim=20,
-    branch_num=3,
-)
-SIZES = (64, 128, 256)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

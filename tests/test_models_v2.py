@@ -12,6 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from reference_tables import assert_matches_table, read_table
+from training_helpers import TINY_V2_CFG as TINY
+from training_helpers import V2_SIZES as SIZES
 
 from stackgan_cli.errors import StackGANError
 from stackgan_cli.models import (
@@ -23,18 +25,6 @@ from stackgan_cli.models import (
 )
 from stackgan_cli.models.official import load_official_generator
 from stackgan_cli.models.official_v2 import load_official_v2_generator
-
-TINY = dataclasses.replace(
-    ModelConfig.preset("birds-v2"),
-    gf_dim=8,
-    df_dim=4,
-    z_dim=10,
-    condition_dim=6,
-    r_num=2,
-    text_dim=20,
-    branch_num=3,
-)
-SIZES = (64, 128, 256)
 
 
 @pytest.fixture(autouse=True, scope="module")

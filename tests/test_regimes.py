@@ -9,6 +9,7 @@ from training_helpers import (
     TINY,
     TINY_CFG,
     assert_same_state,
+    assert_train_usage_error,
     finite_records,
     load,
     recorded,
@@ -130,10 +131,7 @@ def test_wgan_gp_rmsprop_ema_diffaugment_resumes_bit_for_bit(tiny_dataset, tmp_p
     ],
 )
 def test_bad_regimes_are_usage_errors(tiny_dataset, tmp_path, extra, option):
-    result = run_cli(train_args(tmp_path / "run", *TINY, *extra), code=2)
-    assert result.output.startswith("error:") and len(result.output.strip().splitlines()) == 1
-    assert option in result.output
-    assert not (tmp_path / "run").exists()
+    assert_train_usage_error(tmp_path / "run", extra, option)
 
 
 def test_non_finite_loss_names_the_regime(tiny_dataset, tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -70,60 +71,30 @@ def test_v2_trains_every_branch(trained):
     assert (run / "samples/epoch_0001.png").is_file()
 
 
+def generate_v2(ckpt, embeddings, dest, *extra):
+    """``stackgan generate`` from ``ckpt`` for the rows of ``embeddings`` (saved as .npy)."""
+    emb = dest.with_suffix(".npy")
+    np.save(emb, embeddings.astype(np.float32))
+    args = ["--ckpt", str(ckpt), "--embedding-file", str(emb), "--out", str(dest)]
+    run_cli(["generate", *args, *extra, "--device", "cpu"])
+
+
 @pytest.mark.parametrize("size", [64, 128, 256])
 def test_generate_from_a_v2_file_at_each_size(trained, tmp_path, size):
     _, out = trained
     bundle = load_generator_file(out)
     assert bundle.arch == "v2" and bundle.stage is None and bundle.cfg.branch_num == 3
-    emb = tmp_path / "emb.npy"
-    import numpy as np
-
-    np.save(emb, np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32))
     dest = tmp_path / "out"
-    run_cli(
-        [
-            "generate",
-            "--ckpt",
-            str(out),
-            "--embedding-file",
-            str(emb),
-            "-n",
-            "2",
-            "--size",
-            str(size),
-            "--out",
-            str(dest),
-            "--device",
-            "cpu",
-        ]
-    )
+    embeddings = np.random.default_rng(0).standard_normal((2, 16))
+    generate_v2(out, embeddings, dest, "-n", "2", "--size", str(size))
     image = Image.open(dest / "00_00.png")
     assert image.size == (size, size)
 
 
 def test_generate_v2_show_stages(trained, tmp_path):
     _, out = trained
-    emb = tmp_path / "emb.npy"
-    import numpy as np
-
-    np.save(emb, np.zeros((1, 16), np.float32))
     dest = tmp_path / "out"
-    run_cli(
-        [
-            "generate",
-            "--ckpt",
-            str(out),
-            "--embedding-file",
-            str(emb),
-            "-n",
-            "1",
-            "--show-stages",
-            "--out",
-            str(dest),
-            "--device",
-            "cpu",
-        ]
-    )
+    generate_v2(out, np.zeros((1, 16)), dest, "-n", "1", "--show-stages")
     assert Image.open(dest / "00_00.png").size == (256, 256)
     assert Image.open(dest / "00_00_64.png").size == (64, 64)
     assert Image.open(dest / "00_00_128.png").size == (128, 128)

@@ -4,6 +4,7 @@ Not a test module: tests import these names, and ``conftest.py`` builds the ``ti
 fixture on :func:`write_tiny_prepared`.
 """
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -20,6 +21,18 @@ TEXT_DIM = 16
 # Tiny networks and data: 16 training images in batches of 8 -> 2 steps per epoch.
 TINY = ["--gf-dim", "8", "--df-dim", "8", "--z-dim", "8", "--condition-dim", "4"]
 TINY_CFG = ModelConfig(gf_dim=8, df_dim=8, z_dim=8, condition_dim=4, r_num=4, text_dim=TEXT_DIM)
+# A tiny StackGAN-v2 tree (the birds-v2 preset at small widths) and its branches' image sides.
+TINY_V2_CFG = dataclasses.replace(
+    ModelConfig.preset("birds-v2"),
+    gf_dim=8,
+    df_dim=4,
+    z_dim=10,
+    condition_dim=6,
+    r_num=2,
+    text_dim=20,
+    branch_num=3,
+)
+V2_SIZES = (64, 128, 256)
 
 
 def write_tiny_prepared(root: Path, *, train: int = 16, test: int = 4, seed: int = 0) -> Path:
@@ -73,6 +86,15 @@ def train_args(run_dir, *extra, stage=1, epochs=2, batch=8, dataset="tiny"):
         str(run_dir),
         *extra,
     ]
+
+
+def assert_train_usage_error(run_dir, extra, option):
+    """``stackgan train`` with ``extra`` exits 2 with one line naming ``option`` and creates
+    no run directory."""
+    result = run_cli(train_args(run_dir, *TINY, *extra), code=2)
+    assert result.output.startswith("error:") and len(result.output.strip().splitlines()) == 1
+    assert option in result.output
+    assert not run_dir.exists()
 
 
 def load(path):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from glob import escape as glob_escape
 from pathlib import Path
 
 from stackgan_cli import paths
@@ -24,6 +25,22 @@ def write_report(path: Path, result: dict) -> None:
     atomic_write_text(Path(path), json.dumps(result, indent=2, allow_nan=True) + "\n")
 
 
+def checkpoint_report_path(ckpt: Path, size: int | None = None) -> Path:
+    """The default report of ``ckpt``: ``<ckpt>.eval.json`` for its largest images (``size``
+    None), ``<ckpt>.<size>px.eval.json`` for a smaller ``size``."""
+    suffix = "" if size is None else f".{size}px"
+    return ckpt.with_name(f"{ckpt.stem}{suffix}.eval.json")
+
+
+def checkpoint_reports(ckpt: Path) -> list[Path]:
+    """The default report paths of ``ckpt`` that may exist: the largest size's and those of
+    every smaller ``--size`` found beside it."""
+    return [
+        checkpoint_report_path(ckpt),
+        *ckpt.parent.glob(f"{glob_escape(ckpt.stem)}.*px.eval.json"),
+    ]
+
+
 def default_out_path(result: dict) -> Path:
     """Beside the checkpoint: ``<ckpt>.eval.json`` for its largest images, and
     ``<ckpt>.<size>px.eval.json`` for a smaller ``--size`` (so scoring one StackGAN-v2 file at
@@ -34,8 +51,7 @@ def default_out_path(result: dict) -> Path:
         return paths.cache_root() / "evaluations" / f"real-{name}-{resolution}px.eval.json"
     ckpt = Path(result["checkpoint"]["path"])
     sizes = result["checkpoint"].get("output_sizes") or [resolution]
-    suffix = "" if resolution == max(sizes) else f".{resolution}px"
-    return ckpt.with_name(f"{ckpt.stem}{suffix}.eval.json")
+    return checkpoint_report_path(ckpt, None if resolution == max(sizes) else resolution)
 
 
 def save_report(result: dict, out: Path | None) -> Path:

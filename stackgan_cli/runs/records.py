@@ -26,12 +26,12 @@ import datetime as _dt
 import json
 import math
 from collections.abc import Sequence
-from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
 from stackgan_cli import paths
 from stackgan_cli.errors import StackGANError
+from stackgan_cli.evaluation.report import checkpoint_reports
 from stackgan_cli.training.config import ARCH_DEFAULTS, TrainConfig
 from stackgan_cli.training.metrics_file import read_metrics
 
@@ -188,9 +188,8 @@ def latest_evaluation(run_dir: Path, out: str | None = None) -> dict[str, Any] |
     inside = run_dir.resolve()
     out_path = Path(out).expanduser().resolve() if out else None
     candidates = [*run_dir.glob("*.eval.json"), *run_dir.glob("*/*.eval.json")]
-    if out_path is not None:  # <out>.eval.json and <out>.<size>px.eval.json (evaluate --size)
-        candidates.append(out_path.with_name(f"{out_path.stem}.eval.json"))
-        candidates += out_path.parent.glob(f"{glob_escape(out_path.stem)}.*px.eval.json")
+    if out_path is not None:
+        candidates += checkpoint_reports(out_path)
     best: tuple[float, dict[str, Any]] | None = None
     for candidate in dict.fromkeys(candidates):
         report = _read_json(candidate, None)
