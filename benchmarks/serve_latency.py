@@ -80,7 +80,13 @@ def main() -> None:
             sys.exit("the text package has no text encoder; the page needs one")
         ckpt = root / "stage1_birds.pt"
         save_generator_file(
-            ckpt, Stage1Generator(cfg), cfg, stage=1, text_encoder=encoder, dataset=None, epoch=0
+            ckpt,
+            Stage1Generator(cfg),
+            cfg,
+            family="v1-stage1",
+            text_encoder=encoder,
+            dataset=None,
+            epoch=0,
         )
         port = free_port()
         url = f"http://127.0.0.1:{port}"

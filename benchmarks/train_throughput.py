@@ -4,11 +4,14 @@ One iteration = G forward, D step on real / wrong / fake, G step with the KL ter
 ``stackgan train`` does per batch. ``--official`` runs the iteration the way the official
 StackGAN-Pytorch trainer writes it (NCHW, the default for-loop Adam, D weight gradients
 computed in the G step, float32, data as ready-made tensors), so speed-ups are measured on the
-same machine. Without it the training defaults run (``stackgan_cli.training.step.GANStep``
-with the device-resident sampler). Prints one JSON object: images/s and seconds per iteration
-(median of the timed steps after warm-up), peak memory, FLOPs per iteration and achieved
-FLOP/s (MFU on GPUs with a known peak), torch version, device name and process CPU time over
-wall time (about the thread count on an idle CPU; near 1 when other processes compete).
+same machine. Without it the training defaults run: the parts ``stackgan train`` trains
+with, built by ``stackgan_cli.training.assembly.build_training_parts`` (the means as its
+``Execution``) from the official iteration's initial weights, and the device-resident
+sampler of ``build_sampler`` over random data. Prints one JSON object: images/s and seconds
+per iteration (median of the timed steps after warm-up), peak memory, FLOPs per iteration and
+achieved FLOP/s (MFU on GPUs with a known peak), torch version, device name and process CPU
+time over wall time (about the thread count on an idle CPU; near 1 when other processes
+compete).
 
 ``--ablate`` measures the official iteration, then each means alone on top of it, then all of
 them together (the training default) and with ``torch.compile``; one JSON line each, every
@@ -19,10 +22,10 @@ configuration in a fresh process (clean peak-memory figures and compile caches).
 
 ``--arch v2`` measures StackGAN-v2 at the birds widths (``ModelConfig.preset("birds-v2")``,
 ``--branches`` 3, batch 4 by default): the official StackGAN-v2 iteration restated around our
-networks (``--official``) or ``GANStep`` as ``stackgan train --arch v2`` builds it
-(benchmarks/v2_bench.py). ``--compare`` runs the official iteration and the training default
-alternately, ``--rounds`` times each, every run in a fresh process from the same initial
-weights, then prints a summary line with the speed-up.
+networks (``--official``) or the parts ``stackgan train --arch v2`` builds
+(``build_training_parts``, benchmarks/v2_bench.py). ``--compare`` runs the official iteration
+and the training default alternately, ``--rounds`` times each, every run in a fresh process
+from the same initial weights, then prints a summary line with the speed-up.
 
     python benchmarks/train_throughput.py --arch v2 --compare --rounds 2 --steps 6
     python benchmarks/train_throughput.py --arch v2 --device cuda --batch-size 24 --compare
@@ -43,15 +46,16 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 
-import numpy as np
 import torch
 
-from stackgan_cli.data.sampler import DeviceBatchSampler
+from stackgan_cli.data.batch import Batch
+from stackgan_cli.families import family_for_training
 from stackgan_cli.models import ModelConfig, build_discriminator, build_generator
-from stackgan_cli.models.config import IMAGE_SIZE, load_size
-from stackgan_cli.models.losses import BCE, discriminator_loss, generator_loss, kl_loss
-from stackgan_cli.training.family import family_for
-from stackgan_cli.training.step import GANStep, make_optimizers, prepare_modules
+from stackgan_cli.models.config import IMAGE_SIZE
+from stackgan_cli.models.losses import discriminator_loss, generator_loss, kl_loss
+from stackgan_cli.training.assembly import Execution, TrainingParts, build_training_parts
+from stackgan_cli.training.config import TrainConfig
+from stackgan_cli.training.step import make_optimizers
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import v2_bench  # noqa: E402  (benchmarks/v2_bench.py)
@@ -150,19 +154,46 @@ def official_iteration(netG, netD, opt_g, opt_d, real, text, noise, stage, kl_co
     opt_g.step()
 
 
+def train_config(stage: int, batch: int) -> TrainConfig:
+    """The StackGAN-v1 birds recipe (``stackgan train --stage N``): Adam 2e-4 (0.5, 0.999),
+    BCE, KL x 2, no average: what the official iteration above does."""
+    cfg = TrainConfig.for_arch("v1", stage=stage, batch_size=batch)
+    recipe = (cfg.lr_g, cfg.lr_d, cfg.kl_coeff, cfg.loss, cfg.optimizer, cfg.ema)
+    assert recipe == (2e-4, 2e-4, 2.0, "bce", "adam", 0.0), recipe
+    return cfg
+
+
+def seeded_stage1_state(cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """The nested Stage-I generator's weights in ``build_generator(2, cfg)`` after
+    ``torch.manual_seed(0)``: Stage II built from them starts where the official one does."""
+    torch.manual_seed(0)
+    return build_generator(2, cfg).STAGE1_G.state_dict()
+
+
+def build_parts(
+    stage: int, batch: int, device: torch.device, execution: Execution, cfg: ModelConfig
+) -> TrainingParts:
+    """What ``stackgan train --stage N`` trains (``build_training_parts``), from the weights
+    the official iteration starts from (``torch.manual_seed(0)``, then G, then D)."""
+    train_cfg = train_config(stage, batch)
+    family = family_for_training(train_cfg, cfg)
+    stage1_state = seeded_stage1_state(cfg) if stage == 2 else None
+    torch.manual_seed(0)
+    return build_training_parts(train_cfg, family, device, execution, stage1_state=stage1_state)
+
+
 class Bench:
     """Networks, optimizers, data and one callable iteration for a configuration."""
 
     def __init__(self, stage: int, batch: int, device: torch.device, means: Means, cfg) -> None:
         self.stage, self.batch, self.device, self.means = stage, batch, device, means
-        torch.manual_seed(0)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = means.cudnn_benchmark
-        self.netG = build_generator(stage, cfg).to(device).train()
-        self.netD = build_discriminator(stage, cfg).to(device).train()
         size = IMAGE_SIZE[stage]
-        load = load_size(size)
         if means.official:
+            torch.manual_seed(0)
+            if device.type == "cuda":
+                torch.backends.cudnn.benchmark = means.cudnn_benchmark
+            self.netG = build_generator(stage, cfg).to(device).train()
+            self.netD = build_discriminator(stage, cfg).to(device).train()
             self.opt_g, (self.opt_d,) = make_optimizers(
                 self.netG, [self.netD], lr_g=2e-4, lr_d=2e-4, device=device, fused=False
             )
@@ -174,51 +205,21 @@ class Bench:
                 self.noise, stage,
             )  # fmt: skip
             return
-        prepare_modules(
-            self.netG,
-            [self.netD],
-            channels_last=means.channels_last,
-            compile=means.compile,
-            compile_mode=means.compile_mode,
-            fused_upsample=means.fused_upsample,
-            gemm_convs=means.gemm_convs,
-            gemm_options=family_for(stage).cpu_gemm,
-        )
-        self.opt_g, opt_ds = make_optimizers(
-            self.netG, [self.netD], lr_g=2e-4, lr_d=2e-4, device=device, fused=means.fused_adam
-        )
-        step = GANStep(
-            family_for(stage),
-            self.netG,
-            [self.netD],
-            self.opt_g,
-            opt_ds,
-            loss=BCE,
-            kl_coeff=2.0,
-            z_dim=cfg.z_dim,
-            device=device,
-            amp=means.amp,
-            freeze_d_for_g_step=means.freeze_d,
-        )
+        self.parts = parts = build_parts(stage, batch, device, v2_bench.execution(means), cfg)
+        if device.type == "cuda":  # build_training_parts turns it on; the means may not
+            torch.backends.cudnn.benchmark = means.cudnn_benchmark
+        self.netG, (self.netD,) = parts.netG, parts.netDs
+        self.opt_g, step = parts.opt_g, parts.step
         if means.sampler:
-            rng = np.random.default_rng(0)
-            count = 4 * batch
-            sampler = DeviceBatchSampler(
-                rng.integers(0, 256, (count, load, load, 3), dtype=np.uint8),
-                rng.standard_normal((count, 10, cfg.text_dim)).astype(np.float32),
-                image_size=size,
-                batch_size=batch,
-                device=device,
-                seed=0,
-                channels_last=means.channels_last,
-            )
-            self.iteration = lambda: step(*sampler.next_batch())
+            sampler = v2_bench.synthetic_sampler(parts.family, batch, device, means.channels_last)
+            self.iteration = lambda: step(sampler.next_batch())
         else:
             real = torch.rand(batch, 3, size, size, device=device) * 2 - 1
             if means.channels_last:
                 real = real.contiguous(memory_format=torch.channels_last)
             text = torch.randn(batch, cfg.text_dim, device=device)
-            self.iteration = lambda: step(real, text)
+            ready = Batch(images=real, text=text)
+            self.iteration = lambda: step(ready)
 
 
 def count_flops(stage: int, batch: int, cfg: ModelConfig, device: torch.device) -> float:
@@ -231,16 +232,17 @@ def count_flops(stage: int, batch: int, cfg: ModelConfig, device: torch.device) 
     from torch.utils.flop_counter import FlopCounterMode
 
     counted = batch if device.type == "cuda" else 2
-    netG = build_generator(stage, cfg).to(device).train()
-    netD = build_discriminator(stage, cfg).to(device).train()
-    opt_g, opt_ds = make_optimizers(netG, [netD], lr_g=2e-4, lr_d=2e-4, device=device)
-    step = GANStep(family_for(stage), netG, [netD], opt_g, opt_ds, loss=BCE, kl_coeff=2.0,
-                   z_dim=cfg.z_dim, device=device)  # fmt: skip
+    train_cfg = train_config(stage, counted)
+    family = family_for_training(train_cfg, cfg)
+    # Stage II: any Stage-I weights (they do not change the count)
+    stage1_state = build_generator(1, cfg).state_dict() if stage == 2 else None
+    plain = Execution(fused_upsample=False, gemm_convs=False, freeze_d_for_g_step=True)
+    parts = build_training_parts(train_cfg, family, device, plain, stage1_state=stage1_state)
     size = IMAGE_SIZE[stage]
     real = torch.rand(counted, 3, size, size, device=device) * 2 - 1
     text = torch.randn(counted, cfg.text_dim, device=device)
     with FlopCounterMode(display=False) as counter:
-        step(real, text)
+        parts.step(Batch(images=real, text=text))
     return float(counter.get_total_flops()) * batch / counted
 
 

@@ -29,23 +29,72 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _RecordingWriter:
+    """A file open for writing that remembers the first ``OSError`` its writes raised.
+
+    Writers that call back into Python for their output do not always let that error through:
+    ``torch.save``'s zip writer, after the ``OSError`` (ENOSPC) of a write, raises a
+    ``RuntimeError`` ("unexpected pos ...") from its own ``__exit__`` while unwinding, and a
+    writer may also catch the error and carry on. :func:`atomic_file` reports the recorded
+    ``OSError`` instead. Everything but the writing methods is the file's own.
+    """
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self.failure: OSError | None = None
+
+    def _recorded(self, method: Any, *args: Any) -> Any:
+        try:
+            return method(*args)
+        except OSError as exc:
+            if self.failure is None:
+                self.failure = exc
+            raise
+
+    def write(self, data: Any) -> Any:
+        return self._recorded(self._handle.write, data)
+
+    def writelines(self, lines: Iterable[Any]) -> None:
+        self._recorded(self._handle.writelines, lines)
+
+    def flush(self) -> None:
+        self._recorded(self._handle.flush)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path, mode: str = "wb") -> Iterator[Any]:
     """Open a temporary sibling of ``path`` for writing; on success fsync and rename it over
-    ``path``. On any error the temporary file is removed and ``path`` is left untouched."""
+    ``path``. On any error the temporary file is removed and ``path`` is left untouched.
+
+    A failed write (a full disk: ``OSError`` ENOSPC, EDQUOT, EIO...) always surfaces as that
+    ``OSError``, even when the code writing to the file raised something else while unwinding
+    from it (``torch.save``'s ``RuntimeError``) or caught it and finished as if nothing had
+    happened; errors not preceded by a failed write pass through unchanged."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
+    writer: _RecordingWriter | None = None
     try:
         with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
+            writer = _RecordingWriter(handle)
+            yield writer
+            if writer.failure is not None:  # the caller's writer swallowed it
+                raise writer.failure
+            writer.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        failure = writer.failure if writer is not None else None
+        # Ctrl-C and exit requests stay what they are; any other error after a failed write is
+        # its consequence (the traceback of --debug shows it as the context).
+        if failure is not None and failure is not exc and isinstance(exc, Exception):
+            raise failure  # noqa: B904 - the failed write is the cause, not a consequence
         raise
 
 
@@ -56,7 +105,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file, fsync, then rename into place."""
+    """``torch.save`` to a temporary file, fsync, then rename into place. A full disk raises
+    the ``OSError`` of the failed write (not the ``RuntimeError`` torch's zip writer raises
+    after it) and leaves ``path`` as it was."""
     import torch  # lazily: most callers of this module never save tensors
 
     with atomic_file(path, "wb") as handle:
@@ -109,7 +160,8 @@ def copy_file(source: Path, target: Path) -> None:
 def exclusive_lock(path: Path, busy: str) -> Iterator[None]:
     """Hold an exclusive advisory lock on the file ``path`` (created if needed) for the block.
 
-    The file names its holder (process id, host and command line) while held. The operating
+    The file names its holder (process id, host and command line) while held, where the disk
+    has room for that line (a full disk does not stop the lock from being taken). The operating
     system drops the lock when the holder exits, however it ends, so a lock left behind by a
     killed process is simply taken over. When another live process holds it, StackGANError
     says ``busy`` and names that holder. Where the OS has no advisory locks (Windows) the
@@ -132,8 +184,11 @@ def exclusive_lock(path: Path, busy: str) -> Iterator[None]:
         handle.seek(0)
         handle.truncate()
         command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
-        handle.write(f"process {os.getpid()} on {socket.gethostname()} ({command})\n")
-        handle.flush()
+        note = f"process {os.getpid()} on {socket.gethostname()} ({command})\n"
+        try:  # unbuffered: a note that could not be written is not written later either
+            os.write(handle.fileno(), note.encode("utf-8", "replace"))
+        except OSError:  # a full disk: the lock holds all the same, only its note is missing
+            os.ftruncate(handle.fileno(), 0)
         try:
             yield
         finally:

@@ -3,16 +3,17 @@
 A plain dict written with ``atomic_torch_save``, read back with
 ``torch.load(path, weights_only=True)``::
 
-    {"format": "stackgan-generator", "format_version": 1, "stage": 1 | 2,
+    {"format": "stackgan-generator", "format_version": 1 | 2, "family": "v1-stage1" | ...,
      "model_config": ModelConfig.to_dict(), "generator": state_dict (Stage II: with STAGE1_G.*),
-     "text_encoder": dict | None, "dataset": str | None, "epoch": int | None}
+     "text_encoder": dict | None, "dataset": str | None, "epoch": int | None, ...}
 
-A StackGAN-v2 tree generator is written as ``"format_version": 2`` with ``"arch": "v2"`` and
-``"stage": None`` (its ``model_config`` has ``branch_num``); StackGAN-v1 files stay version 1,
-so older versions of this package keep reading them and refuse the v2 ones cleanly.
+``family`` names the model family (stackgan_cli/families/registry.py), which also adds the keys
+that earlier versions read instead (``stage``; ``arch`` for StackGAN-v2) and picks the format
+version: StackGAN-v1 files stay version 1, so older versions of this package keep reading them
+and refuse the others cleanly. Files written before ``family`` existed load through those keys.
 
-:func:`load_generator_file` also accepts a plain official StackGAN-Pytorch ``netG`` state dict
-(StackGAN-v1 ``netG_epoch_<N>.pth``) and an official StackGAN-v2 one (``netG_<N>.pth``).
+:func:`load_generator_file` also accepts a plain official generator state dict of any family
+(StackGAN-v1 ``netG_epoch_<N>.pth``, StackGAN-v2 ``netG_<N>.pth``).
 """
 
 from __future__ import annotations
@@ -26,48 +27,59 @@ from typing import Any
 import torch
 from torch import nn
 
-from stackgan_cli import paths
+from stackgan_cli import families, paths
 from stackgan_cli.errors import StackGANError
 from stackgan_cli.formats import check_format
 from stackgan_cli.fsutil import atomic_torch_save
 from stackgan_cli.models.config import ModelConfig
-from stackgan_cli.models.generator_v2 import StackGANv2Generator
-from stackgan_cli.models.official import (
-    assign_state_dict,
-    empty_module,
-    generator_from_state_dict,
-    read_torch_file,
-)
-from stackgan_cli.models.official_v2 import v2_generator_from_state_dict
-from stackgan_cli.models.stage1 import Stage1Generator
-from stackgan_cli.models.stage2 import Stage2Generator
+from stackgan_cli.models.official import assign_state_dict, empty_module, read_torch_file
 
 FORMAT = "stackgan-generator"
-FORMAT_VERSION = 1
-V2_FORMAT_VERSION = 2  # files holding a StackGAN-v2 generator
-_GENERATOR_CLASSES = {1: Stage1Generator, 2: Stage2Generator}
-_OFFICIAL_NAME = re.compile(r"netG_epoch_(\d+)\.pth$")
-_OFFICIAL_V2_NAME = re.compile(r"netG_(\d+)\.pth$")  # StackGAN-v2 counts iterations
-_V2_GENERATOR_PREFIXES = ("h_net1.", "module.h_net1.")
+FORMAT_VERSIONS = (1, 2)  # 2: families whose files older versions must refuse (StackGAN-v2)
+_OFFICIAL_EPOCH = re.compile(r"netG_epoch_(\d+)\.pth$")  # StackGAN-v1 counts epochs
+_OFFICIAL_ITERATION = re.compile(r"netG_(\d+)\.pth$")  # StackGAN-v2 counts iterations
 
 
 @dataclass
 class GeneratorBundle:
     """Everything loaded from a generator file; ``generator`` is in eval mode on the device."""
 
-    stage: int
-    cfg: ModelConfig
+    family: Any  # a stackgan_cli.families.base.Family, with the file's widths
     generator: nn.Module
     text_encoder: Any | None  # stackgan_cli.text.TextEncoder
     dataset: str | None
     epoch: int | None
-    source: str  # "stackgan" (our format) or "official" (plain StackGAN-Pytorch state dict)
+    source: str  # "stackgan" (our format) or "official" (a plain official state dict)
     path: Path
-    arch: str = "v1"  # "v2": a StackGANv2Generator; ``stage`` is then None
     iteration: int | None = None  # official StackGAN-v2 files: N of ``netG_<N>.pth``
 
+    @property
+    def cfg(self) -> ModelConfig:
+        return self.family.cfg
 
-def _unwrap(module: nn.Module) -> nn.Module:
+    @property
+    def arch(self) -> str:
+        return self.family.spec.arch
+
+    @property
+    def stage(self) -> int | None:
+        return self.family.spec.stage
+
+    def describe(self) -> str:
+        """One line: the family's generator and where the file comes from."""
+        text = self.family.describe()
+        if self.source == "official":
+            text += " (official state dict)"
+        if self.dataset:
+            text += f", trained on {self.dataset}"
+        if self.epoch is not None:
+            text += f", epoch {self.epoch}"
+        if self.iteration is not None:
+            text += f", iteration {self.iteration}"
+        return text
+
+
+def unwrap(module: nn.Module) -> nn.Module:
     """The bare network inside DistributedDataParallel / torch.compile wrappers."""
     while True:
         if hasattr(module, "_orig_mod"):
@@ -83,26 +95,25 @@ def save_generator_file(
     generator: nn.Module,
     cfg: ModelConfig,
     *,
-    stage: int | None,
+    family: str | None = None,
     text_encoder: Mapping[str, Any] | Any | None = None,
     dataset: str | None,
     epoch: int | None,
     g_norm: str = "batch",
 ) -> None:
     """Write ``generator`` (weights moved to the CPU), its config and the text encoder
-    atomically to ``path``. ``stage`` is 1 or 2 for StackGAN-v1, None for a StackGAN-v2
-    generator. ``text_encoder`` is the encoder's ``to_dict()`` (an encoder object is converted
-    with its ``to_dict``), or None. ``g_norm`` "none" (a generator trained with --g-norm
-    none) is recorded as ``"g_norm": "none"`` - and a Stage-II generator whose nested Stage-I
-    generator has no BatchNorm as ``"stage1_g_norm": "none"`` - so that loading drops the
-    same BatchNorm layers; the default writes neither key."""
-    generator = _unwrap(generator)
-    expected = _GENERATOR_CLASSES.get(stage) if stage is not None else StackGANv2Generator
-    if expected is None:
-        raise ValueError(f"stage must be 1, 2 or None (StackGAN-v2), got {stage!r}")
-    if not isinstance(generator, expected):
+    atomically to ``path``. Its family follows from its class; ``family`` (a registry key),
+    when given, must agree. ``text_encoder`` is the encoder's ``to_dict()`` (an encoder object
+    is converted with its ``to_dict``), or None. ``g_norm`` "none" (a generator trained with
+    --g-norm none) is recorded as ``"g_norm": "none"`` - and a Stage-II generator whose nested
+    Stage-I generator has no BatchNorm as ``"stage1_g_norm": "none"`` - so that loading drops
+    the same BatchNorm layers; the default writes neither key."""
+    generator = unwrap(generator)
+    family_class = families.family_of_generator(generator)
+    if family is not None and family != family_class.spec.key:
         raise ValueError(
-            f"stage {stage} needs a {expected.__name__}, got {type(generator).__name__}"
+            f"family {family} needs a {families.spec_named(family).load().generator_class.__name__}"
+            f", got {type(generator).__name__}"
         )
     if generator.cfg != cfg:
         raise ValueError(f"the generator was built with {generator.cfg}, not {cfg}")
@@ -110,16 +121,13 @@ def save_generator_file(
         text_encoder = text_encoder.to_dict()
     payload = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION if stage is not None else V2_FORMAT_VERSION,
-        "stage": stage,
+        **family_class(cfg).file_entries(),
         "model_config": cfg.to_dict(),
         "generator": {key: value.detach().cpu() for key, value in generator.state_dict().items()},
         "text_encoder": dict(text_encoder) if text_encoder is not None else None,
         "dataset": dataset,
         "epoch": epoch,
     }
-    if stage is None:
-        payload["arch"] = "v2"
     if g_norm != "batch":
         payload["g_norm"] = g_norm
     stage1 = getattr(generator, "STAGE1_G", None)
@@ -131,11 +139,10 @@ def save_generator_file(
 
 
 def load_generator_file(path: str | Path, device: str | torch.device = "cpu") -> GeneratorBundle:
-    """Load a generator file (or a plain official ``netG_epoch_*.pth`` of StackGAN-v1 or
-    ``netG_<iteration>.pth`` of StackGAN-v2) onto ``device``.
+    """Load a generator file (or a plain official generator state dict) onto ``device``.
 
     Raises StackGANError for a missing, truncated or non-PyTorch file, an unknown format
-    version, a discriminator, or any other dict that is not a StackGAN generator.
+    version or family, a discriminator, or any other dict that is not a StackGAN generator.
     """
     path = Path(path)
     data = read_torch_file(path)
@@ -151,39 +158,31 @@ def _from_generator_file(data: Mapping[str, Any], path: Path) -> GeneratorBundle
     version = check_format(
         data,
         tag=FORMAT,
-        versions=(FORMAT_VERSION, V2_FORMAT_VERSION),
+        versions=FORMAT_VERSIONS,
         where=str(path),
         what="StackGAN generator file",
         remedy="a newer stackgan may read it",
     )
-    arch = data.get("arch", "v1") if version >= V2_FORMAT_VERSION else "v1"
-    if arch not in ("v1", "v2"):
-        raise StackGANError(f"{path} names architecture {arch!r}; known: v1, v2")
-    stage = data.get("stage")
-    if arch == "v2":
-        stage = None
-    elif stage not in _GENERATOR_CLASSES:
-        raise StackGANError(f"{path} names stage {stage!r}; a generator file must be stage 1 or 2")
+    family_class = families.family_for_file(data, version, str(path))
     try:
         cfg = ModelConfig.from_dict(data.get("model_config"))
     except StackGANError as exc:
         raise StackGANError(f"{path}: {exc}") from None
+    family = family_class(cfg)
     state = data.get("generator")
     if not isinstance(state, Mapping):
         raise StackGANError(f"{path} holds no generator weights")
-    model_class = StackGANv2Generator if arch == "v2" else _GENERATOR_CLASSES[stage]
-    what = "StackGAN-v2" if arch == "v2" else f"Stage-{stage}"
     try:
-        generator = empty_module(model_class, cfg)
+        generator = empty_module(family.generator_class, cfg)
         if data.get("g_norm", "batch") != "batch" or data.get("stage1_g_norm", "batch") != "batch":
             # --g-norm none: the BatchNorm layers the weights have no entries for are dropped.
-            from stackgan_cli.training.network_options import strip_missing_batchnorm
+            from stackgan_cli.models.network_options import strip_missing_batchnorm
 
             strip_missing_batchnorm(generator, state)
         generator = assign_state_dict(generator, state)
     except (RuntimeError, TypeError, AttributeError, ValueError):
         raise StackGANError(
-            f"{path}: the generator weights do not match its {what} model configuration"
+            f"{path}: the generator weights do not match its {family.label}'s model configuration"
         ) from None
     dataset = data.get("dataset")
     epoch = data.get("epoch")
@@ -192,15 +191,13 @@ def _from_generator_file(data: Mapping[str, Any], path: Path) -> GeneratorBundle
     if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
         raise StackGANError(f"{path}: epoch must be an integer, got {type(epoch).__name__}")
     return GeneratorBundle(
-        stage=stage,
-        cfg=cfg,
+        family=family,
         generator=generator,
         text_encoder=_text_encoder(data.get("text_encoder"), path),
         dataset=dataset,
         epoch=epoch,
         source="stackgan",
         path=path,
-        arch=arch,
     )
 
 
@@ -231,38 +228,18 @@ def _from_official(data: Any, path: Path) -> GeneratorBundle:
         raise StackGANError(
             f"{path} is neither a StackGAN generator file nor a generator state dict"
         )
-    if any(key.startswith(_V2_GENERATOR_PREFIXES) for key in data):
-        # The v1 loader checks for discriminators first; v2 ones have no h_net1.
-        return _from_official_v2(data, path)
-    stage, cfg, generator = generator_from_state_dict(data, name=str(path))
-    match = _OFFICIAL_NAME.search(path.name)
+    family, generator = families.import_official(data, str(path))
+    epoch = _OFFICIAL_EPOCH.search(path.name)
+    iteration = _OFFICIAL_ITERATION.search(path.name) if epoch is None else None
     return GeneratorBundle(
-        stage=stage,
-        cfg=cfg,
+        family=family,
         generator=generator,
         text_encoder=None,
         dataset=None,
-        epoch=int(match.group(1)) if match else None,
+        epoch=int(epoch.group(1)) if epoch else None,
         source="official",
         path=path,
-    )
-
-
-def _from_official_v2(data: Mapping[str, Any], path: Path) -> GeneratorBundle:
-    cfg, generator = v2_generator_from_state_dict(data, name=str(path))
-    match = _OFFICIAL_V2_NAME.search(path.name)
-    iteration = int(match.group(1)) if match else None
-    return GeneratorBundle(
-        stage=None,
-        cfg=cfg,
-        generator=generator,
-        text_encoder=None,
-        dataset=None,
-        epoch=None,
-        source="official",
-        path=path,
-        arch="v2",
-        iteration=iteration,
+        iteration=int(iteration.group(1)) if iteration else None,
     )
 
 

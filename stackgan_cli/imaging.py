@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
@@ -31,13 +32,37 @@ endless; only such pathological runs lose characters."""
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
-def to_uint8(images: Tensor) -> np.ndarray:
-    """(B, 3, H, W) floats in [-1, 1] -> (B, H, W, 3) uint8, mapped as ``(x + 1) * 127.5``,
-    clamped to [0, 255] and rounded. A single (3, H, W) image gives (H, W, 3)."""
+def to_uint8(images: Tensor) -> Tensor:
+    """Generator output in [-1, 1] -> uint8 in [0, 255], the same shape and device, as the
+    official samplers save their images: ``uint8((x + 1) * 127.5)`` (truncated) after
+    clamping. Every image this tool writes or scores goes through it."""
+    return ((images.detach().float() + 1.0) * 127.5).clamp_(0.0, 255.0).to(torch.uint8)
+
+
+def to_pixels(images: Tensor) -> np.ndarray:
+    """(B, 3, H, W) floats in [-1, 1] -> (B, H, W, 3) uint8 (:func:`to_uint8`) on the CPU, as
+    Pillow takes them. A single (3, H, W) image gives (H, W, 3)."""
     if images.dim() not in (3, 4) or images.shape[-3] != 3:
         raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
-    pixels = ((images.detach().float().cpu() + 1.0) * 127.5).clamp_(0.0, 255.0).round_()
-    return pixels.to(torch.uint8).movedim(-3, -1).numpy()
+    return to_uint8(images).cpu().movedim(-3, -1).numpy()
+
+
+def enlarge(images: Tensor, size: int) -> Tensor:
+    """(..., 3, h, w) -> (..., 3, size, size) by nearest neighbour, so that a smaller output's
+    pixels stay visible beside a larger one."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    flat = F.interpolate(images.reshape(-1, *images.shape[-3:]), size=(size, size), mode="nearest")
+    return flat.reshape(*images.shape[:-2], size, size)
+
+
+def side_by_side(outputs: Sequence[Tensor]) -> Tensor:
+    """The outputs (..., n, 3, H_k, W_k) of the same n samples -> (..., n * K, 3, S, S): each
+    sample's K outputs next to each other, enlarged to the largest side S."""
+    if len(outputs) == 1:
+        return outputs[0]
+    size = max(images.shape[-1] for images in outputs)
+    return torch.stack([enlarge(images, size) for images in outputs], dim=-4).flatten(-5, -4)
 
 
 def font_for(image_height: int) -> Font:
@@ -208,7 +233,7 @@ def _row_width(images: Tensor, pad: int) -> int:
 
 
 def _paste_row(canvas: Image.Image, images: Tensor, x: int, y: int, pad: int) -> None:
-    pixels = to_uint8(images)
+    pixels = to_pixels(images)
     step = images.shape[-1] + pad
     for k, frame in enumerate(pixels):
         canvas.paste(Image.fromarray(frame, "RGB"), (x + pad + k * step, y))

@@ -51,7 +51,7 @@ def write_generator_files(root: Path) -> dict[int | str, Path]:
             files[stage],
             _lively(network),
             TINY,
-            stage=stage,
+            family=f"v1-stage{stage}",
             text_encoder=encoder,
             dataset="shapes",
             epoch=3,
@@ -61,18 +61,12 @@ def write_generator_files(root: Path) -> dict[int | str, Path]:
         files["v2"],
         _lively(StackGANv2Generator(TINY_V2)),
         TINY_V2,
-        stage=None,
+        family="v2",
         text_encoder=encoder,
         dataset="shapes",
         epoch=3,
     )
     return files
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class LiveServer:
@@ -82,10 +76,16 @@ class LiveServer:
     def __init__(self, app) -> None:
         import uvicorn
 
-        self.port = free_port()
+        # The socket is bound here and handed to uvicorn, so no other process can take the
+        # port between choosing it and serving on it.
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -103,3 +103,4 @@ class LiveServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+        self.socket.close()

@@ -83,7 +83,7 @@ def _generator_file(path, stage=1):
     for module in generator.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(module.weight)
-    save_generator_file(path, generator, TINY, stage=stage, dataset="shapes", epoch=3)
+    save_generator_file(path, generator, TINY, family=f"v1-stage{stage}", dataset="shapes", epoch=3)
     return path
 
 

@@ -59,10 +59,22 @@ def files(tmp_path_factory, text_encoder):
     stage1 = _lively(Stage1Generator(TINY))
     stage2 = _lively(Stage2Generator(TINY))
     save_generator_file(
-        root / "s1.pt", stage1, TINY, stage=1, text_encoder=text_encoder, dataset="shapes", epoch=2
+        root / "s1.pt",
+        stage1,
+        TINY,
+        family="v1-stage1",
+        text_encoder=text_encoder,
+        dataset="shapes",
+        epoch=2,
     )
     save_generator_file(
-        root / "s2.pt", stage2, TINY, stage=2, text_encoder=text_encoder, dataset="shapes", epoch=2
+        root / "s2.pt",
+        stage2,
+        TINY,
+        family="v1-stage2",
+        text_encoder=text_encoder,
+        dataset="shapes",
+        epoch=2,
     )
     torch.save(stage1.state_dict(), root / "netG_epoch_5.pth")
     np.save(root / "emb.npy", np.random.default_rng(0).standard_normal((3, 16), dtype=np.float32))

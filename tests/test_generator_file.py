@@ -49,7 +49,7 @@ def _outputs(g, stage):
 def test_round_trip(tmp_path, stage):
     g = _trained_like(stage)
     path = tmp_path / f"s{stage}.pt"
-    save_generator_file(path, g, TINY, stage=stage, dataset="shapes", epoch=3)
+    save_generator_file(path, g, TINY, family=f"v1-stage{stage}", dataset="shapes", epoch=3)
 
     raw = torch.load(path, map_location="cpu", weights_only=True)
     assert raw["format"] == "stackgan-generator" and raw["format_version"] == 1
@@ -94,7 +94,13 @@ def test_text_encoder_dict_is_stored_as_given_and_rebuilt(tmp_path, monkeypatch)
     encoder_dict = {"kind": "test", "weight": torch.arange(6.0).view(2, 3), "vocab": ["a", "b"]}
     path = tmp_path / "g.pt"
     save_generator_file(
-        path, _trained_like(1), TINY, stage=1, text_encoder=encoder_dict, dataset="cub", epoch=1
+        path,
+        _trained_like(1),
+        TINY,
+        family="v1-stage1",
+        text_encoder=encoder_dict,
+        dataset="cub",
+        epoch=1,
     )
     raw = torch.load(path, map_location="cpu", weights_only=True)
     assert raw["text_encoder"]["vocab"] == ["a", "b"]
@@ -121,7 +127,7 @@ def test_real_text_encoder_round_trip(tmp_path):
     )
     path = tmp_path / "g.pt"
     save_generator_file(
-        path, _trained_like(1), TINY, stage=1, text_encoder=encoder, dataset="x", epoch=0
+        path, _trained_like(1), TINY, family="v1-stage1", text_encoder=encoder, dataset="x", epoch=0
     )
     bundle = load_generator_file(path)
     prompt = ["a red bird"]
@@ -131,10 +137,14 @@ def test_real_text_encoder_round_trip(tmp_path):
 def test_save_checks_its_arguments(tmp_path):
     g1 = Stage1Generator(TINY)
     with pytest.raises(ValueError, match="Stage2Generator"):
-        save_generator_file(tmp_path / "x.pt", g1, TINY, stage=2, dataset=None, epoch=None)
+        save_generator_file(
+            tmp_path / "x.pt", g1, TINY, family="v1-stage2", dataset=None, epoch=None
+        )
     with pytest.raises(ValueError, match="built with"):
         other = dataclasses.replace(TINY, z_dim=11)
-        save_generator_file(tmp_path / "x.pt", g1, other, stage=1, dataset=None, epoch=None)
+        save_generator_file(
+            tmp_path / "x.pt", g1, other, family="v1-stage1", dataset=None, epoch=None
+        )
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -148,7 +158,9 @@ def test_load_errors(tmp_path):
         load_generator_file(text)
 
     good = tmp_path / "good.pt"
-    save_generator_file(good, Stage2Generator(TINY), TINY, stage=2, dataset=None, epoch=None)
+    save_generator_file(
+        good, Stage2Generator(TINY), TINY, family="v1-stage2", dataset=None, epoch=None
+    )
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[:1000])
     with pytest.raises(StackGANError, match="truncated or corrupt"):

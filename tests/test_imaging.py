@@ -10,6 +10,7 @@ from stackgan_cli.imaging import (
     font_for,
     save_png,
     strip,
+    to_pixels,
     to_uint8,
     wrap_text,
 )
@@ -19,17 +20,19 @@ def _solid(n: int, size: int, value: float) -> torch.Tensor:
     return torch.full((n, 3, size, size), value)
 
 
-def test_to_uint8_maps_range_clamps_and_rounds():
+def test_to_pixels_maps_range_clamps_and_truncates_as_the_official_sampler():
     images = (
         torch.tensor([-1.0, -0.5, 0.0, 0.999, 1.0, 3.0, -7.0]).view(1, 1, 1, 7).repeat(2, 3, 1, 1)
     )
-    pixels = to_uint8(images)
+    pixels = to_pixels(images)
     assert pixels.dtype == np.uint8
     assert pixels.shape == (2, 1, 7, 3)
-    assert pixels[0, 0, :, 0].tolist() == [0, 64, 128, 255, 255, 255, 0]
-    assert to_uint8(images[0]).shape == (1, 7, 3)
+    # uint8((x + 1) * 127.5) after clamping: 63.75 -> 63, 127.5 -> 127, 254.87 -> 254
+    assert pixels[0, 0, :, 0].tolist() == [0, 63, 127, 254, 255, 255, 0]
+    assert np.array_equal(pixels, to_uint8(images).movedim(1, -1).numpy())
+    assert to_pixels(images[0]).shape == (1, 7, 3)
     with pytest.raises(ValueError):
-        to_uint8(torch.zeros(2, 1, 4, 4))
+        to_pixels(torch.zeros(2, 1, 4, 4))
 
 
 def test_grid_places_rows_and_captions():
@@ -117,7 +120,7 @@ def test_save_png_is_atomic_and_readable(tmp_path):
     with Image.open(target) as loaded:
         assert loaded.size == image.size
         assert loaded.format == "PNG"
-    save_png(to_uint8(_solid(1, 16, 1.0))[0], tmp_path / "one.png")
+    save_png(to_pixels(_solid(1, 16, 1.0))[0], tmp_path / "one.png")
     assert np.asarray(Image.open(tmp_path / "one.png")).min() == 255
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["grid.png", "one.png", "sub"]
 

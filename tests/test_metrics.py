@@ -13,7 +13,8 @@ from stackgan_cli.evaluation.metrics import (
     mean_pairwise_distance,
 )
 from stackgan_cli.evaluation.real_stats import diversity_groups, real_image_batches
-from stackgan_cli.evaluation.sampling import caption_schedule, diversity_schedule, to_uint8
+from stackgan_cli.evaluation.sampling import caption_schedule, diversity_schedule
+from stackgan_cli.imaging import to_uint8
 
 
 def _logits(probabilities: torch.Tensor) -> torch.Tensor:

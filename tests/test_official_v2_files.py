@@ -62,10 +62,10 @@ def made_files(tmp_path_factory, prepared_shapes_root) -> dict[str, Path]:
     encoder = load_prepared(prepared_shapes_root / "datasets" / "shapes").text_encoder_dict()
     narrow = ModelConfig(**{**TINY_V2.to_dict(), "text_dim": 16})
     save_generator_file(
-        root / "narrow.pt", StackGANv2Generator(narrow), narrow, stage=None, dataset=None, epoch=1
+        root / "narrow.pt", StackGANv2Generator(narrow), narrow, family="v2", dataset=None, epoch=1
     )
     save_generator_file(
-        root / "v2.pt", v2, TINY_V2, stage=None, text_encoder=encoder, dataset="shapes", epoch=1
+        root / "v2.pt", v2, TINY_V2, family="v2", text_encoder=encoder, dataset="shapes", epoch=1
     )
     return {
         "v2": netG,
@@ -174,7 +174,7 @@ def test_text_encoder_width_must_match(files, tmp_path):
         (["generate", "x", "--ckpt", "{netD}"], "is a discriminator, not a generator"),
         (["generate", "x", "--ckpt", "{truncated}"], "truncated or corrupt"),
         (["evaluate", "--ckpt", "{truncated}"], "truncated or corrupt"),
-        (["generate", "x", "--ckpt", "{v1}", "--size", "128"], "StackGAN-v1 generator"),
+        (["generate", "x", "--ckpt", "{v1}", "--size", "128"], "StackGAN-v1 Stage-I generator"),
         (["evaluate", "--ckpt", "{v1}", "--size", "128", "--dataset", "shapes"], "64 px"),
         (["evaluate", "--ckpt", "{netD}"], "is a discriminator"),
         (

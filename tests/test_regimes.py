@@ -87,7 +87,7 @@ def test_v2_regimes_train_with_finite_losses(tiny_dataset, tmp_path, extra):
 def test_stage2_wgan_gp_keeps_the_stage1_generator(tiny_dataset, tmp_path):
     stage1_file = tmp_path / "s1.pt"
     stage1 = build_generator(1, TINY_CFG)
-    save_generator_file(stage1_file, stage1, TINY_CFG, stage=1, dataset="tiny", epoch=1)
+    save_generator_file(stage1_file, stage1, TINY_CFG, family="v1-stage1", dataset="tiny", epoch=1)
     run = tmp_path / "run"
     args = ["--stage1-ckpt", str(stage1_file), "--r-num", "1", "--loss", "wgan-gp"]
     run_cli(train_args(run, *TINY, *args, "--init", "kaiming", stage=2, epochs=1, batch=16))
@@ -140,9 +140,9 @@ def test_non_finite_loss_names_the_regime(tiny_dataset, tmp_path, monkeypatch):
     calls = {"n": 0}
     original = GANStep.__call__
 
-    def poisoned(self, real, text):
+    def poisoned(self, batch):
         calls["n"] += 1
-        losses = original(self, real, text)
+        losses = original(self, batch)
         return losses * float("nan") if calls["n"] == 3 else losses
 
     monkeypatch.setattr(GANStep, "__call__", poisoned)

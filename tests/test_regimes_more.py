@@ -1,5 +1,5 @@
 """More training regimes: --g-norm, --d-norm, --d-dropout, --diffaugment and --r1 on v1
-Stage I, v1 Stage II and the v2 tree (training/network_options.py, training/diffaugment.py)."""
+Stage I, v1 Stage II and the v2 tree (models/network_options.py, training/diffaugment.py)."""
 
 import numpy as np
 import pytest
@@ -20,7 +20,7 @@ from training_helpers import (
 from stackgan_cli.generator_file import load_generator_file, save_generator_file
 from stackgan_cli.models import build_generator
 from stackgan_cli.training.diffaugment import DiffAugment, parse_policy
-from stackgan_cli.training.loop import COLLAPSE_MIN_STEPS, COLLAPSED_KL, conditioning_collapsed
+from stackgan_cli.training.health import COLLAPSE_MIN_STEPS, COLLAPSED_KL, conditioning_collapsed
 
 POLICY = "color,translation,cutout"
 
@@ -108,7 +108,7 @@ def test_v2_options_train_with_finite_losses(tiny_dataset, tmp_path, extra):
 def test_stage2_options_train_with_finite_losses(tiny_dataset, tmp_path, extra):
     stage1_file = tmp_path / "s1.pt"
     stage1 = build_generator(1, TINY_CFG)
-    save_generator_file(stage1_file, stage1, TINY_CFG, stage=1, dataset="tiny", epoch=1)
+    save_generator_file(stage1_file, stage1, TINY_CFG, family="v1-stage1", dataset="tiny", epoch=1)
     run = tmp_path / "run"
     args = ["--stage1-ckpt", str(stage1_file), "--r-num", "1", *extra]
     run_cli(train_args(run, *TINY, *args, stage=2, epochs=1, batch=16))

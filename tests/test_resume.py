@@ -36,12 +36,12 @@ def test_resume_continues_bit_for_bit(tiny_dataset, tmp_path, monkeypatch):
     during = []
     original = GANStep.__call__
 
-    def signalling(self, real, text):
+    def signalling(self, batch):
         calls["n"] += 1
         if calls["n"] == 3:
             during.append(signal.getsignal(signal.SIGTERM))
             os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, real, text)
+        return original(self, batch)
 
     monkeypatch.setattr(GANStep, "__call__", signalling)
     before = signal.getsignal(signal.SIGTERM)

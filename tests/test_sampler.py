@@ -62,7 +62,8 @@ def test_batches_are_random_crops_flips_and_captions_of_a_permutation():
     assert sampler.steps_per_epoch == N // 4
     seen = []
     for _ in range(sampler.steps_per_epoch):
-        images, text = sampler.next_batch()
+        batch = sampler.next_batch()
+        images, text = batch.images, batch.text
         assert images.shape == (4, 3, SIZE, SIZE) and images.dtype == torch.float32
         assert images.min() >= -1.0 and images.max() <= 1.0
         assert text.shape == (4, DIM)
@@ -74,16 +75,17 @@ def test_batches_are_random_crops_flips_and_captions_of_a_permutation():
     assert len({s[4] for s in seen}) > 1
     assert (sampler.epoch, sampler.step) == (1, 0)
     # The next epoch draws a new plan.
-    images, text = sampler.next_batch()
-    assert [s[0] for s in decode(images, text)] != indices[:4]
+    batch = sampler.next_batch()
+    assert [s[0] for s in decode(batch.images, batch.text)] != indices[:4]
+    assert batch.wrong is None  # only WrongImageSampler draws wrong images
 
 
 def test_drop_last_and_memory_format():
     sampler = make(batch=6)
     assert sampler.steps_per_epoch == 3  # 20 images, batches of 6: the last 2 are dropped
-    images, _ = sampler.next_batch()
+    images = sampler.next_batch().images
     assert images.is_contiguous()
-    images, _ = make(batch=6, channels_last=True).next_batch()
+    images = make(batch=6, channels_last=True).next_batch().images
     assert images.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="fewer than one batch"):
         make(batch=21)
@@ -102,8 +104,9 @@ def test_state_dict_replays_the_rest_of_an_epoch_and_the_next():
         second.load_state_dict(state)
         assert (second.epoch, second.step) == divmod(cut, 5)
         for k in range(cut, 12):
-            images, text = second.next_batch()
-            assert torch.equal(images, batches[k][0]) and torch.equal(text, batches[k][1])
+            batch = second.next_batch()
+            assert torch.equal(batch.images, batches[k].images)
+            assert torch.equal(batch.text, batches[k].text)
 
 
 def test_ranks_take_disjoint_shards_of_the_same_plan():
@@ -112,7 +115,8 @@ def test_ranks_take_disjoint_shards_of_the_same_plan():
     seen = [[], []]
     for _ in range(ranks[0].steps_per_epoch):
         for r, sampler in enumerate(ranks):
-            seen[r] += [s[0] for s in decode(*sampler.next_batch())]
+            batch = sampler.next_batch()
+            seen[r] += [s[0] for s in decode(batch.images, batch.text)]
     assert not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == list(range(N))
 

@@ -38,6 +38,18 @@ def _need_browser() -> None:
         pytest.skip(reason)
 
 
+def _loaded_width(image, timeout: float = 30_000) -> int:
+    """The natural width of ``image`` once it has loaded. Visible is not loaded: the runs table
+    loads its pictures lazily and even a data URL decodes asynchronously, so ``naturalWidth``
+    read as soon as the image shows can still be 0."""
+    image.page.wait_for_function(
+        "image => image.complete && image.naturalWidth > 0",
+        arg=image.element_handle(),
+        timeout=timeout,
+    )
+    return image.evaluate("image => image.naturalWidth")
+
+
 def _decoded(data_url: str) -> np.ndarray:
     payload = data_url.split(",", 1)[1]
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(payload))).convert("RGB"))
@@ -76,7 +88,7 @@ def test_type_a_prompt_generate_and_see_the_grid(tmp_path, capsys):
             expect(grid).to_be_visible(timeout=60_000)
             expect(page.locator("#status")).to_contain_text("6 images at 64×64")
             expect(page.locator("#seed-used")).to_have_text("seed 7")
-            width = grid.evaluate("image => image.naturalWidth")
+            width = _loaded_width(grid)
             assert width == 3 * 64 + 4 * 2  # three 64-px images per row, 2-px gaps
             source = grid.get_attribute("src")
             assert source.startswith("data:image/png;base64,")
@@ -94,7 +106,7 @@ def test_type_a_prompt_generate_and_see_the_grid(tmp_path, capsys):
             expect(page.locator("#runs table")).to_contain_text("config.json is missing")
             sample = page.locator("#runs img").first
             expect(sample).to_be_visible()
-            assert sample.evaluate("image => image.naturalWidth") == 40
+            assert _loaded_width(sample) == 40
             assert errors == []
         finally:
             browser.close()

@@ -144,10 +144,14 @@ def test_wrong_sampler_draws_other_classes_and_resumes():
     b.load_state_dict(state)
     again = [b.next_batch() for _ in range(2)]
     for x, y in zip(more, again, strict=True):
-        assert all(torch.equal(u, v) for u, v in zip(x, y, strict=True))
-    assert all(len(batch) == 3 and batch[2].shape == (4, 3, 64, 64) for batch in batches)
+        assert all(
+            torch.equal(u, v)
+            for u, v in zip((x.images, x.text, x.wrong), (y.images, y.text, y.wrong), strict=True)
+        )
+    assert all(batch.wrong.shape == (4, 3, 64, 64) for batch in batches)
     same = total = 0
-    for real, _, wrong in batches + more:
+    for batch in batches + more:
+        real, wrong = batch.images, batch.wrong
         own = ((real[:, 0, 0, 0] + 1) * 127.5).round().long() // 10
         other = ((wrong[:, 0, 0, 0] + 1) * 127.5).round().long() // 10
         same += int((classes[own] == classes[other]).sum())
@@ -155,18 +159,32 @@ def test_wrong_sampler_draws_other_classes_and_resumes():
     assert same <= total // 4  # same class only when the redraw hits it again (p = 1/9)
 
 
-def test_v2_family_sizes_and_views():
-    from stackgan_cli.training.family_v2 import StackGANv2
+def _v2_family(branches, **coefficients):
+    import dataclasses
 
-    one, two = StackGANv2(1), StackGANv2(2)
-    assert (one.image_size, one.load_size, one.sizes) == (64, 76, (64,))
-    assert (two.image_size, two.load_size, two.sizes) == (256, 304, (64, 128))
+    from training_helpers import TINY_CFG
+
+    from stackgan_cli.families.stackgan_v2 import StackGANv2
+
+    return StackGANv2(dataclasses.replace(TINY_CFG, branch_num=branches), **coefficients)
+
+
+def test_v2_family_sizes_and_views():
+    from stackgan_cli.data.batch import Batch
+
+    one, two = _v2_family(1), _v2_family(2)
+    assert (one.image_size, one.load_size, one.output_sizes()) == (64, 76, (64,))
+    assert (two.image_size, two.load_size, two.output_sizes()) == (256, 304, (64, 128))
     real, wrong = torch.rand(2, 3, 256, 256), torch.rand(2, 3, 256, 256)
-    views = two.real_views(real, wrong)
-    assert [v[0].shape[-1] for v in views] == [64, 128]
+    text = torch.zeros(2, 16)
+    views = two.real_views(Batch(images=real, text=text, wrong=wrong))
+    assert [v.images.shape[-1] for v in views] == [64, 128]
+    assert [v.wrong.shape[-1] for v in views] == [64, 128]
     # Antialiased bilinear shrinking of a constant image keeps the constant.
-    flat = two.real_views(torch.full((1, 3, 256, 256), 0.25), wrong[:1])
-    assert all(torch.allclose(v[0], torch.tensor(0.25)) for v in flat)
+    flat = two.real_views(
+        Batch(images=torch.full((1, 3, 256, 256), 0.25), text=text[:1], wrong=wrong[:1])
+    )
+    assert all(torch.allclose(v.images, torch.tensor(0.25)) for v in flat)
 
 
 def test_generate_size_maps_to_v1_stages(tmp_path):
@@ -177,7 +195,9 @@ def test_generate_size_maps_to_v1_stages(tmp_path):
     from stackgan_cli.models import Stage2Generator
 
     ckpt = tmp_path / "s2.pt"
-    save_generator_file(ckpt, Stage2Generator(TINY_CFG), TINY_CFG, stage=2, dataset=None, epoch=1)
+    save_generator_file(
+        ckpt, Stage2Generator(TINY_CFG), TINY_CFG, family="v1-stage2", dataset=None, epoch=1
+    )
     emb = tmp_path / "emb.npy"
     np.save(emb, np.zeros((1, 16), np.float32))
     common = ["generate", "--ckpt", str(ckpt), "--embedding-file", str(emb), "-n", "1"]
@@ -188,12 +208,18 @@ def test_generate_size_maps_to_v1_stages(tmp_path):
 
 
 def test_colour_consistency_term():
-    from stackgan_cli.training.family_v2 import StackGANv2
+    from stackgan_cli.families.base import GeneratorOutput
 
-    assert StackGANv2(3).generator_extra_loss([torch.zeros(1, 3, 64, 64)] * 3) is None
-    family = StackGANv2(2, color_coeff=50.0)
+    def output(images):
+        return GeneratorOutput(images=images, mu=torch.zeros(1), logvar=torch.zeros(1))
+
+    plain = _v2_family(3)
+    assert plain.generator_term_names == ()
+    assert plain.generator_terms(output([torch.zeros(1, 3, 64, 64)] * 3)) == {}
+    family = _v2_family(2, color_coeff=50.0)
+    assert family.generator_term_names == ("color",)
     small = torch.rand(2, 3, 64, 64, requires_grad=True)
     large = torch.rand(2, 3, 128, 128, requires_grad=True)
-    term = family.generator_extra_loss([small, large])
+    term = family.generator_terms(output([small, large]))["color"]
     term.backward()
     assert term.item() > 0 and small.grad is None and large.grad is not None

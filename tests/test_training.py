@@ -7,11 +7,11 @@ import pytest
 import torch
 from training_helpers import TEXT_DIM, TINY, TINY_CFG, load, run_cli, train_args
 
+from stackgan_cli.charts import draw_losses
 from stackgan_cli.generator_file import save_generator_file
 from stackgan_cli.models import ModelConfig, Stage2Generator, build_discriminator, build_generator
 from stackgan_cli.training.config import lr_at, resolve_model_dims
-from stackgan_cli.training.loop import STALE_BATCHNORM_SHARE, initial_batchnorm_share
-from stackgan_cli.training.plot import draw_losses
+from stackgan_cli.training.health import STALE_BATCHNORM_SHARE, initial_batchnorm_share
 
 
 @pytest.mark.slow
@@ -90,14 +90,24 @@ def test_usage_errors(tiny_dataset, tmp_path):
 
     stage2_file = tmp_path / "s2.pt"
     save_generator_file(
-        stage2_file, Stage2Generator(TINY_CFG), TINY_CFG, stage=2, dataset="tiny", epoch=1
+        stage2_file,
+        Stage2Generator(TINY_CFG),
+        TINY_CFG,
+        family="v1-stage2",
+        dataset="tiny",
+        epoch=1,
     )
     result = run_cli(train_args(tmp_path / "c", "--stage1-ckpt", str(stage2_file), stage=2), code=1)
     assert "is a Stage-II generator" in result.output
 
     stage1_file = tmp_path / "s1.pt"
     save_generator_file(
-        stage1_file, build_generator(1, TINY_CFG), TINY_CFG, stage=1, dataset="tiny", epoch=1
+        stage1_file,
+        build_generator(1, TINY_CFG),
+        TINY_CFG,
+        family="v1-stage1",
+        dataset="tiny",
+        epoch=1,
     )
     args = train_args(tmp_path / "d", "--stage1-ckpt", str(stage1_file), "--gf-dim", "16", stage=2)
     result = run_cli(args, code=1)
@@ -133,9 +143,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     calls = {"n": 0}
     original = GANStep.__call__
 
-    def poisoned(self, real, text):
+    def poisoned(self, batch):
         calls["n"] += 1
-        losses = original(self, real, text)
+        losses = original(self, batch)
         return losses * float("nan") if calls["n"] == 4 else losses
 
     monkeypatch.setattr(GANStep, "__call__", poisoned)
@@ -161,7 +171,7 @@ def test_lr_schedule_and_width_resolution():
 def test_loss_plot_skips_non_finite_values():
     import numpy as np
 
-    from stackgan_cli.training.plot import SERIES
+    from stackgan_cli.charts import SERIES
 
     finite = [
         {"step": 1, "errD": 1.0, "errG": 2.0, "kl": 0.1},

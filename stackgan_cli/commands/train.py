@@ -3,33 +3,20 @@ recipe."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import dataclasses
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from stackgan_cli.choices import Arch, DNorm, GNorm, Init, Loss, Optimizer, Preset, values
 from stackgan_cli.commands.options import DeviceOption, SeedOption
 from stackgan_cli.devices import Device
 from stackgan_cli.training.config import TrainConfig
 
 _D = TrainConfig()  # the defaults live in TrainConfig alone
-
-
-class Preset(str, Enum):
-    """Official network widths."""
-
-    birds = "birds"
-    coco = "coco"
-    birds_v2 = "birds-v2"
-
-
-class Arch(str, Enum):
-    """The StackGAN generation."""
-
-    v1 = "v1"
-    v2 = "v2"
+_WIDTHS = ("gf_dim", "df_dim", "z_dim", "condition_dim", "r_num")  # ModelConfig overrides
 
 
 def _width(help_text: str):
@@ -53,7 +40,7 @@ def train(
             help="v1: StackGAN-v1, one --stage per run; v2: StackGAN-v2 (StackGAN++), one tree "
             "generator trained jointly at 64/128/256 px.",
         ),
-    ] = Arch.v1,
+    ] = Arch(_D.arch),
     branches: Annotated[
         int | None,
         typer.Option(
@@ -131,7 +118,7 @@ def train(
         str,
         typer.Option(
             help="Adversarial loss, matching-aware (real pairs against wrong and fake ones): "
-            "bce (official), lsgan, hinge or wgan-gp.",
+            f"{', '.join(values(Loss))} (bce is the official one).",
         ),
     ] = _D.loss,
     gp_weight: Annotated[
@@ -148,7 +135,7 @@ def train(
         ),
     ] = _D.n_critic,
     optimizer: Annotated[
-        str, typer.Option(help="adam (official, --beta1/--beta2) or rmsprop.")
+        str, typer.Option(help=f"{' or '.join(values(Optimizer))}: adam is the official one.")
     ] = _D.optimizer,
     beta1: Annotated[
         float | None,
@@ -161,18 +148,21 @@ def train(
     init: Annotated[
         str,
         typer.Option(
-            help="Weight initialisation: official (v1 normal(0, 0.02), v2 orthogonal), "
-            "orthogonal, normal, xavier or kaiming.",
+            help=f"Weight initialisation: {', '.join(values(Init))}; official is each "
+            "architecture's own (v1 normal(0, 0.02), v2 orthogonal).",
         ),
     ] = _D.init,
     g_norm: Annotated[
-        str, typer.Option(help="Generator normalisation: batch (official) or none.")
+        str,
+        typer.Option(
+            help=f"Generator normalisation: {' or '.join(values(GNorm))} (batch: official)."
+        ),
     ] = _D.g_norm,
     d_norm: Annotated[
         str,
         typer.Option(
-            help="Discriminator normalisation: batch (official), none, or spectral (spectral "
-            "norm on every conv/linear weight, no BatchNorm).",
+            help=f"Discriminator normalisation: {', '.join(values(DNorm))} (batch: official; "
+            "spectral: spectral norm on every conv/linear weight, no BatchNorm).",
         ),
     ] = _D.d_norm,
     d_dropout: Annotated[
@@ -269,53 +259,22 @@ s1.pt --out s2.pt
     from stackgan_cli.commands.outcome import report_training
     from stackgan_cli.training.run import start_training
 
+    # Every option but the widths and the preset is a TrainConfig field of the same name.
+    options = {name: _plain(value) for name, value in locals().items()}
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig.for_arch(
-        arch.value,
-        branches=branches,
-        ema=ema,
-        uncond_coeff=uncond_coeff,
-        color_coeff=color_coeff,
-        dataset=dataset,
-        run_dir=str(run_dir) if run_dir else "",
-        stage1_ckpt=str(stage1_ckpt) if stage1_ckpt else None,
-        out=str(out) if out else None,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr_g=lr_g,
-        lr_d=lr_d,
-        lr_decay_every=lr_decay_every,
-        kl_coeff=kl_coeff,
-        loss=loss,
-        gp_weight=gp_weight,
-        n_critic=n_critic,
-        optimizer=optimizer,
-        beta1=beta1,
-        beta2=beta2,
-        init=init,
-        g_norm=g_norm,
-        d_norm=d_norm,
-        d_dropout=d_dropout,
-        diffaugment=diffaugment,
-        r1=r1,
-        tensorboard=tensorboard,
-        snapshot_every=snapshot_every,
-        sample_every=sample_every,
-        log_every=log_every,
-        seed=seed,
-        device=device.value,
-        amp=amp,
-        compile=compile,
-        channels_last=channels_last,
-        fast_layers=fast_layers,
+        options.pop("arch"), **{name: options[name] for name in fields & options.keys()}
     )
-    cfg = replace(cfg, stage=stage)  # None when not given: training/run.py checks it per arch
-    overrides = {
-        "gf_dim": gf_dim,
-        "df_dim": df_dim,
-        "z_dim": z_dim,
-        "condition_dim": condition_dim,
-        "r_num": r_num,
-    }
-    report_training(
-        lambda: start_training(cfg, preset=preset.value if preset else None, overrides=overrides)
-    )
+    # for_arch leaves out options not given; --stage not given stays None for the check.
+    cfg = dataclasses.replace(cfg, stage=stage, run_dir=options["run_dir"] or "")
+    overrides = {name: options[name] for name in _WIDTHS}
+    report_training(lambda: start_training(cfg, preset=options["preset"], overrides=overrides))
+
+
+def _plain(value: Any) -> Any:
+    """An option's value as TrainConfig stores it: enums by value, paths as strings."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    return value

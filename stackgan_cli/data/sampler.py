@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from stackgan_cli.data.batch import Batch
+
 CAPTIONS_PER_IMAGE = 10
 
 
@@ -111,8 +113,9 @@ class DeviceBatchSampler:
             for key, value in plan.items()
         }
 
-    def next_batch(self) -> tuple[Tensor, Tensor]:
-        """The next batch of the plan; advances (epoch, step), starting a new epoch as needed."""
+    def next_batch(self) -> Batch:
+        """The next batch of the plan (images and text); advances (epoch, step), starting a new
+        epoch as needed."""
         if self._plan is None:
             self._draw_plan()
         assert self._plan is not None
@@ -125,7 +128,7 @@ class DeviceBatchSampler:
             self.epoch += 1
             self.step = 0
             self._plan = None
-        return images, text
+        return Batch(images=images, text=text)
 
     def _crop(self, index: Tensor, row: Tensor, col: Tensor, flip: Tensor) -> Tensor:
         """Images ``index`` cropped at (``row``, ``col``), flipped where ``flip``, in [-1, 1]."""

@@ -12,16 +12,18 @@ batch is gathered.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
-from torch import Tensor
 
+from stackgan_cli.data.batch import Batch
 from stackgan_cli.data.sampler import DeviceBatchSampler
 
 
 class WrongImageSampler(DeviceBatchSampler):
-    """:class:`DeviceBatchSampler` whose :meth:`next_batch` returns ``(images, embeddings,
-    wrong_images)``; ``class_ids`` (N,) are the images' classes."""
+    """:class:`DeviceBatchSampler` whose batches carry ``wrong`` images too; ``class_ids``
+    (N,) are the images' classes."""
 
     def __init__(self, images, embeddings, class_ids, **kwargs) -> None:
         super().__init__(images, embeddings, **kwargs)
@@ -50,17 +52,17 @@ class WrongImageSampler(DeviceBatchSampler):
         for key, value in draws.items():
             self._plan[key] = value.view(shape)[:, self.rank].to(self.device)
 
-    def next_batch(self) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
-        """The next (images, embeddings, wrong images); advances like the base sampler."""
+    def next_batch(self) -> Batch:
+        """The next batch with its wrong images; advances like the base sampler."""
         if self._plan is None:
             self._draw_plan()
         plan, s = self._plan, self.step
         assert plan is not None
-        images, text = super().next_batch()
+        batch = super().next_batch()
         index, first = plan["index"][s], plan["wrong_first"][s]
         same_class = self.class_ids[first] == self.class_ids[index]
         wrong_index = torch.where(same_class, plan["wrong_second"][s], first)
         wrong = self._crop(
             wrong_index, plan["wrong_row"][s], plan["wrong_col"][s], plan["wrong_flip"][s]
         )
-        return images, text, wrong
+        return dataclasses.replace(batch, wrong=wrong)

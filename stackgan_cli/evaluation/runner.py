@@ -48,8 +48,6 @@ from stackgan_cli.evaluation.sampling import (
     caption_schedule,
     diversity_schedule,
     generate_images,
-    output_sizes,
-    select_output,
 )
 from stackgan_cli.fsutil import file_hashes
 from stackgan_cli.generator_file import GeneratorBundle, load_generator_file, newest_generator
@@ -216,13 +214,14 @@ def _checkpoint_record(bundle: GeneratorBundle) -> dict:
         "path": str(Path(bundle.path).resolve()),
         "sha256": file_hashes(bundle.path, ["sha256"])["sha256"],
         "arch": bundle.arch,
+        "family": bundle.family.key,
         "stage": bundle.stage,
         "epoch": bundle.epoch,
         "iteration": bundle.iteration,
         "source": bundle.source,
         "dataset": bundle.dataset,
         "model_config": bundle.cfg.to_dict(),
-        "output_sizes": list(output_sizes(bundle)),
+        "output_sizes": list(bundle.family.output_sizes()),
     }
 
 
@@ -287,7 +286,8 @@ def evaluate_generator(options: EvalOptions) -> dict:
             f"{bundle.cfg.text_dim}-d ones"
         )
     _check_splits(options.splits, options.num_samples, "samples")
-    output, resolution = select_output(bundle, options.size)
+    output = bundle.family.select_output(options.size, str(bundle.path))
+    resolution = bundle.family.output_sizes()[output - 1]
     real_images = test.images(stored_size(resolution))
     net = load_inception(options.inception_weights, device)
     need_real = options.fid or options.diversity
@@ -410,7 +410,7 @@ def evaluate_real(options: EvalOptions) -> dict:
     if options.resolution is not None:
         resolution = options.resolution
     else:
-        resolution = output_sizes(bundle)[-1] if bundle is not None else 64
+        resolution = bundle.family.output_sizes()[-1] if bundle is not None else 64
     test = dataset.split("test")
     total = len(test)
     rng = np.random.default_rng(options.seed)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stackgan_cli.models.memory import memory_format_of
+
 
 def _bce(probs: Tensor, target: float) -> Tensor:
     probs = probs.float()
@@ -100,7 +102,7 @@ def gradient_penalty(
     batch = real.size(0)
     alpha = torch.rand(batch, 1, 1, 1, device=real.device, dtype=torch.float32)
     mixed = (alpha * real.float() + (1.0 - alpha) * fake.detach().float()).to(real.dtype)
-    mixed = mixed.contiguous(memory_format=_memory_format(real)).requires_grad_(True)
+    mixed = mixed.contiguous(memory_format=memory_format_of(real)).requires_grad_(True)
     features = netD(mixed)
     scores = [netD.get_cond_logits(features, conditions.detach())]
     if uncond:
@@ -111,12 +113,6 @@ def gradient_penalty(
         term = (grad.float().reshape(batch, -1).norm(2, dim=1) - 1.0).pow(2).mean()
         penalty = term if penalty is None else penalty + term
     return penalty
-
-
-def _memory_format(images: Tensor) -> torch.memory_format:
-    if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def adversarial_loss(name: str) -> AdversarialLoss:

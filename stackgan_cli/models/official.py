@@ -125,6 +125,15 @@ def plain_state_dict(state: Any, name: str, family: str = "StackGAN") -> dict[st
     return dict(state)
 
 
+def refuse_non_generator(state: Mapping[str, Tensor], name: str) -> None:
+    """StackGANError when a plain state dict is one of the official discriminators (StackGAN-v1
+    STAGE*_D or StackGAN-v2 D_NET*), which people pass for a generator by mistake."""
+    from stackgan_cli.models.official_v2 import DISCRIMINATOR_PREFIXES
+
+    if any(key.startswith(DISCRIMINATOR_PREFIXES) for key in state):
+        raise StackGANError(f"{name} is a discriminator, not a generator")
+
+
 def _shape(state: Mapping[str, Tensor], key: str, ndim: int, name: str) -> tuple[int, ...]:
     value = state.get(key)
     if value is None or value.dim() != ndim:

@@ -31,7 +31,7 @@ from stackgan_cli.models.official import (
 )
 
 # First keys of the official discriminators: StackGAN-v2 (D_NET*) and StackGAN-v1 (STAGE*_D).
-_DISCRIMINATOR_PREFIXES = (
+DISCRIMINATOR_PREFIXES = (
     "img_code_s16.",
     "uncond_logits.",
     "jointConv.",
@@ -80,7 +80,7 @@ def v2_generator_from_state_dict(
 
 def _check_kind(state: Mapping[str, Tensor], name: str) -> None:
     """Tell discriminators, StackGAN-v1 and unconditional generators apart from what we load."""
-    if any(key.startswith(_DISCRIMINATOR_PREFIXES) for key in state):
+    if any(key.startswith(DISCRIMINATOR_PREFIXES) for key in state):
         raise StackGANError(f"{name} is a discriminator, not a generator")
     if any(key.startswith(_V1_GENERATOR_PREFIXES) for key in state):
         raise StackGANError(

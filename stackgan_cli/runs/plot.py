@@ -1,6 +1,6 @@
 """``stackgan runs --plot FILE``: the smoothed D and G losses of several runs in one PNG.
 
-Drawn with Pillow by the axes, series and text helpers of ``training/plot.py``:
+Drawn with Pillow by the axes, series and text helpers of ``charts.py``:
 two panels over the training step, D loss above and G loss below, one colour per run.
 """
 
@@ -13,10 +13,10 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from stackgan_cli.charts import draw_axes, draw_series, draw_text
 from stackgan_cli.errors import StackGANError
 from stackgan_cli.imaging import save_png
 from stackgan_cli.training.metrics_file import read_metrics
-from stackgan_cli.training.plot import draw_axes, draw_series, draw_text
 
 PANELS = (("errD", "D loss"), ("errG", "G loss"))
 PALETTE = (

@@ -32,7 +32,8 @@ from typing import Any
 from stackgan_cli import paths
 from stackgan_cli.errors import StackGANError
 from stackgan_cli.evaluation.report import checkpoint_reports
-from stackgan_cli.training.config import ARCH_DEFAULTS, TrainConfig
+from stackgan_cli.families.registry import ARCHS, spec_for_run
+from stackgan_cli.training.config import TrainConfig
 from stackgan_cli.training.metrics_file import read_metrics
 
 BOOKKEEPING = frozenset(
@@ -158,7 +159,7 @@ def regime(train: dict[str, Any]) -> dict[str, Any]:
     architecture's recipe (``TrainConfig.for_arch``: v1's are the field defaults, v2's its
     batch 24 and parameter average), bookkeeping options left out, in TrainConfig's order."""
     arch = train.get("arch", "v1")
-    defaults = TrainConfig.for_arch(arch if arch in ARCH_DEFAULTS else "v1")
+    defaults = TrainConfig.for_arch(arch if arch in ARCHS else "v1")
     changed = {}
     for field in dataclasses.fields(TrainConfig):
         name = field.name
@@ -237,16 +238,19 @@ def _evaluation_summary(path: Path, ckpt: str, report: dict[str, Any]) -> dict[s
 
 
 def _family(train: dict[str, Any]) -> dict[str, Any]:
-    """family, stage, branches and the model label from a ``train`` dict."""
-    family = train.get("arch", "v1")
-    if family == "v2":
-        branches = _int_or_none(train.get("branches"))
-        noun = "branch" if branches == 1 else "branches"
-        label = f"v2 {branches} {noun}" if branches is not None else "v2"
-        return {"family": "v2", "stage": None, "branches": branches, "model": label}
-    stage = _int_or_none(train.get("stage"))
-    label = f"{family} stage {stage}" if stage is not None else str(family)
-    return {"family": str(family), "stage": stage, "branches": None, "model": label}
+    """family (the --arch), stage, branches and the model label from a ``train`` dict, as
+    its family in the registry describes a run of it."""
+    arch, stage = train.get("arch", "v1"), _int_or_none(train.get("stage"))
+    spec = spec_for_run(arch, stage) if isinstance(arch, str) else None
+    if spec is None:
+        label = f"{arch} stage {stage}" if isinstance(stage, int) else str(arch)
+        return {"family": str(arch), "stage": stage, "branches": None, "model": label}
+    return {
+        "family": spec.arch,
+        "stage": spec.stage,
+        "branches": _int_or_none(train.get("branches")),
+        "model": spec.run_label(spec, train),
+    }
 
 
 def _dataset_name(config: Any, train: dict[str, Any] | None) -> str | None:

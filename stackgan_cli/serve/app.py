@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stackgan_cli import __version__, paths
 from stackgan_cli.errors import StackGANError
-from stackgan_cli.imaging import to_uint8
+from stackgan_cli.imaging import to_pixels
 from stackgan_cli.runs.records import collect_runs, latest_sample
 from stackgan_cli.serve.generation import Generated, LoadedGenerator
 from stackgan_cli.serve.validation import (
@@ -138,7 +138,7 @@ def create_app(
                 media_type="image/png",
                 headers={"Cache-Control": "no-cache"},
             )
-        from stackgan_cli.training.plot import draw_losses
+        from stackgan_cli.charts import draw_losses
 
         records = read_metrics(run_dir / "metrics.jsonl")
         if not records:
@@ -185,13 +185,13 @@ def generated_payload(result: Generated) -> dict[str, Any]:
         "size": result.size,
         "captions": result.captions,
         "grid": data_url(result.grid),
-        "images": [[data_url(frame) for frame in to_uint8(row)] for row in result.images],
+        "images": [[data_url(frame) for frame in to_pixels(row)] for row in result.images],
     }
     if result.smaller:
         payload["stages"] = [
             {
                 "size": int(output.shape[-1]),
-                "images": [[data_url(frame) for frame in to_uint8(row)] for row in output],
+                "images": [[data_url(frame) for frame in to_pixels(row)] for row in output],
             }
             for output in result.smaller
         ]

@@ -1,10 +1,10 @@
 """Prompts -> images and a captioned grid, in memory: ``stackgan generate`` without the files.
 
 Built on the functions of :mod:`stackgan_cli.generate` (prompt normalisation, conditioning,
-noise, the batched generator runs, the nearest-neighbour enlargement), so an image for a given seed,
-sample index and prompt is the one ``stackgan generate --seed`` writes. The generator file
-(and its text encoder) is loaded once; each request then only runs the networks, one request
-at a time per device.
+the batched generator runs) and the file's family (its sizes and sample noise), so an image for
+a given seed, sample index and prompt is the one ``stackgan generate --seed`` writes. The
+generator file (and its text encoder) is loaded once; each request then only runs the networks,
+one request at a time per device.
 """
 
 from __future__ import annotations
@@ -22,17 +22,9 @@ from torch import Tensor
 
 from stackgan_cli.devices import pick_device
 from stackgan_cli.errors import StackGANError
-from stackgan_cli.generate import (
-    _upsample,
-    conditioning,
-    draw_noise,
-    normalize_prompts,
-    run_branches,
-    run_generator,
-)
+from stackgan_cli.generate import conditioning, normalize_prompts, run_generator
 from stackgan_cli.generator_file import GeneratorBundle, load_generator_file, newest_generator
-from stackgan_cli.imaging import captioned_grid
-from stackgan_cli.models.config import IMAGE_SIZE
+from stackgan_cli.imaging import captioned_grid, side_by_side
 
 MAX_CAPTION_CHARS = 240
 """Longest caption drawn beneath a row (longer ones end in "..."); three lines of a grid row
@@ -97,18 +89,13 @@ class LoadedGenerator:
 
     @property
     def sizes(self) -> tuple[int, ...]:
-        """The output sides this file can make, smallest first: a StackGAN-v2 file's branches,
-        a Stage-II file's 64 (its Stage-I) and 256, a Stage-I file's 64."""
-        if self.bundle.arch == "v2":
-            return tuple(64 * 2**branch for branch in range(self.bundle.cfg.branch_num))
-        return tuple(IMAGE_SIZE[stage] for stage in range(1, self.bundle.stage + 1))
+        """The output sides this file can make, smallest first."""
+        return self.bundle.family.output_sizes()
 
     @property
     def label(self) -> str:
-        """``Stage-I generator``, ``Stage-II generator`` or ``StackGAN-v2 generator``."""
-        if self.bundle.arch == "v2":
-            return "StackGAN-v2 generator"
-        return f"Stage-{'I' * self.bundle.stage} generator"
+        """What the file holds, e.g. ``Stage-I generator`` or ``StackGAN-v2 generator``."""
+        return self.bundle.family.label
 
     def describe(self) -> dict[str, Any]:
         """What is loaded, for ``GET /api/health`` and the page. ``stages`` says whether the
@@ -117,9 +104,7 @@ class LoadedGenerator:
         return {
             "path": str(bundle.path),
             "label": self.label,
-            "family": bundle.arch,
-            "stage": bundle.stage,
-            "branches": bundle.cfg.branch_num if bundle.arch == "v2" else None,
+            **bundle.family.identity(),
             "dataset": bundle.dataset,
             "epoch": bundle.epoch,
             "source": bundle.source,
@@ -147,7 +132,7 @@ class LoadedGenerator:
             can = ", ".join(str(side) for side in sizes[:-1])
             can = f"{can} or {sizes[-1]}" if can else str(sizes[-1])
             raise StackGANError(f"size {size} is not available: this {self.label} makes {can}")
-        output = sizes.index(size) + 1  # the v1 stage or the v2 branch
+        output = sizes.index(size) + 1
         if stages and output == 1:
             raise StackGANError(
                 f"stages shows the smaller outputs beside the result; at size {size} this "
@@ -155,23 +140,16 @@ class LoadedGenerator:
             )
         normalized = normalize_prompts(prompts)
         seed = secrets.randbelow(2**31) if seed is None else seed
-        noise = draw_noise(self.bundle, n, seed)
+        noise = self.bundle.family.draw_noise(n, seed)
         with device_lock(self.device):
             embeddings, captions = conditioning(self.bundle, prompts, normalized, None)
-            if stages and self.bundle.arch == "v2":
-                *smaller, images = run_branches(self.bundle, embeddings, noise, device=self.device)[
-                    :output
-                ]
-            else:
-                sketches, images = run_generator(
-                    self.bundle, embeddings, noise, stage=output, device=self.device
-                )
-                smaller = [sketches] if stages and sketches is not None else []
+            outputs = run_generator(
+                self.bundle, embeddings, noise, output=output, device=self.device
+            )
+        *smaller, images = outputs if stages else outputs[-1:]
         captions = [_shorten(caption) for caption in captions]
-        rows = images
-        if smaller:  # each sample's outputs side by side, smaller ones enlarged
-            enlarged = [_upsample(branch, size) for branch in smaller]
-            rows = torch.stack([*enlarged, images], dim=2).flatten(1, 2)
+        # Each sample's outputs side by side, the smaller ones enlarged.
+        rows = side_by_side([*smaller, images])
         return Generated(
             seed=seed,
             size=size,

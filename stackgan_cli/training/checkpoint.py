@@ -4,7 +4,8 @@
 :func:`make_checkpoint` alone and loadable with ``torch.load(..., weights_only=True)`` (tensors,
 numbers, strings, lists and dicts only)::
 
-    {"format": "stackgan-checkpoint", "format_version": 2, "stage": 1 | 2,
+    {"format": "stackgan-checkpoint", "format_version": 2, "stage": 1 | 2 | None,
+     "family": the model family's registry key (absent in files written before it existed),
      "generator": state dict of the bare generator,
      "discriminators": [state dict of each bare discriminator],
      "optimizer_g": optimizer state dict (its param_groups hold the lr),
@@ -59,7 +60,8 @@ _REQUIRED = (
 
 def make_checkpoint(
     *,
-    stage: int,
+    stage: int | None,
+    family: str,
     generator: Mapping[str, Any],
     discriminators: Sequence[Mapping[str, Any]],
     optimizer_g: Mapping[str, Any],
@@ -83,6 +85,7 @@ def make_checkpoint(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "stage": stage,
+        "family": family,
         "generator": generator,
         "discriminators": list(discriminators),
         "optimizer_g": optimizer_g,

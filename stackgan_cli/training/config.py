@@ -23,9 +23,9 @@ SAMPLE_NOISES = 8  # columns of a sample grid (fixed noise vectors)
 class TrainConfig:
     """How to train; the field defaults are the official StackGAN-v1 PyTorch birds
     configuration (stackgan-pytorch-spec.md 1.4). :meth:`for_arch` starts from an
-    architecture's own recipe instead (``ARCH_DEFAULTS``)."""
+    architecture's own recipe instead (its family's ``train_defaults``)."""
 
-    arch: str = "v1"  # v1: StackGAN-v1 (one stage per run) | v2: StackGAN-v2 tree
+    arch: str = "v1"  # choices.Arch: v1: StackGAN-v1 (one stage per run) | v2: StackGAN-v2 tree
     # v1: the stage to train (None only while unchecked: training/run.py check_options);
     # v2: None (every branch trains at once)
     stage: int | None = 1
@@ -49,21 +49,21 @@ class TrainConfig:
     # 600 is the official PyTorch default: no decay within 600 epochs (TF used 50 / 100).
     lr_decay_every: int = 600
     kl_coeff: float = 2.0
-    loss: str = "bce"  # adversarial loss (models/losses.py LOSSES); bce is the official one
+    loss: str = "bce"  # choices.Loss (models/losses.py LOSSES); bce is the official one
     gp_weight: float = 10.0  # --loss wgan-gp: weight of the gradient penalty
     # Discriminator updates per generator update; every one on the step's real batch and the
     # fakes of its single G forward (no extra batches drawn: epochs and resume are unchanged).
     n_critic: int = 1
-    optimizer: str = "adam"  # adam (the official, with beta1/beta2) | rmsprop (no betas)
+    optimizer: str = "adam"  # choices.Optimizer: adam (official, beta1/beta2) | rmsprop
     beta1: float = 0.5
     beta2: float = 0.999
-    # official: each architecture's own (v1 normal(0, 0.02), v2 orthogonal); else one scheme
-    # for every conv/linear weight (training/regimes.py)
+    # choices.Init. official: each family's own (v1 normal(0, 0.02), v2 orthogonal); else one
+    # scheme for every conv/linear weight (training/regimes.py)
     init: str = "official"
     tensorboard: bool = False  # TensorBoard event files in RUN_DIR/tensorboard
-    # Network options applied after the networks are built (training/network_options.py):
-    g_norm: str = "batch"  # batch (official) | none: G's BatchNorm layers dropped
-    d_norm: str = "batch"  # batch (official) | none | spectral (no BatchNorm, spectral norm)
+    # Network options applied after the networks are built (models/network_options.py):
+    g_norm: str = "batch"  # choices.GNorm: batch (official) | none: G's BatchNorm layers dropped
+    d_norm: str = "batch"  # choices.DNorm: batch (official) | none | spectral (no BatchNorm)
     d_dropout: float = 0.0  # Dropout(P) after every LeakyReLU of the discriminators (0 = none)
     # DiffAugment policy (training/diffaugment.py): comma-separated color, translation,
     # cutout applied to every image the discriminators see; "" = none (official)
@@ -91,10 +91,12 @@ class TrainConfig:
 
     @classmethod
     def for_arch(cls, arch: str, **options: Any) -> TrainConfig:
-        """The recipe of ``arch`` (the field defaults overlaid with ``ARCH_DEFAULTS[arch]``)
+        """The recipe of ``arch`` (the field defaults overlaid with its family's ``train_defaults``)
         with the ``options`` that are not None on top."""
+        from stackgan_cli.families.registry import arch_recipe
+
         given = {key: value for key, value in options.items() if value is not None}
-        return cls(arch=arch, **{**ARCH_DEFAULTS.get(arch, {}), **given})
+        return cls(arch=arch, **{**arch_recipe(arch).train_defaults, **given})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
@@ -104,34 +106,16 @@ class TrainConfig:
         return cls(**{key: value for key, value in data.items() if key in names})
 
 
-# What differs from the field defaults in each architecture's official birds recipe.
-# StackGAN-v2 (stackgan-v2-spec.md 1): batch 24, lr 2e-4 both, KL 2, no decay (as v1), the
-# parameter average 0.999; orthogonal initialisation comes with its networks.
-ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
-    "v1": {},
-    "v2": {"stage": None, "branches": 3, "batch_size": 24, "ema": 0.999},
-}
-ARCHS = tuple(ARCH_DEFAULTS)
-LOSS_CHOICES = ("bce", "lsgan", "hinge", "wgan-gp")  # models/losses.py LOSSES
-OPTIMIZER_CHOICES = ("adam", "rmsprop")
-INIT_CHOICES = ("official", "orthogonal", "normal", "xavier", "kaiming")
-G_NORM_CHOICES = ("batch", "none")  # training/network_options.py
-D_NORM_CHOICES = ("batch", "none", "spectral")
-DEFAULT_PRESET = {"v1": "birds", "v2": "birds-v2"}
-
-
 def lr_at(base_lr: float, epoch: int, decay_every: int) -> float:
     """Learning rate during ``epoch`` (0-based): halved once per ``decay_every`` epochs, the
     same values as the official in-place halving at epochs e > 0 with e % decay_every == 0."""
     return base_lr * 0.5 ** (epoch // decay_every)
 
 
-def default_run_name(
-    stage: int | None, dataset: str, now: _dt.datetime | None = None, *, arch: str = "v1"
-) -> str:
-    """``stage<N>-<dataset>-<YYYYmmdd-HHMMSS>`` (``v2-<dataset>-...`` for StackGAN-v2)."""
+def default_run_name(prefix: str, dataset: str, now: _dt.datetime | None = None) -> str:
+    """``<prefix>-<dataset>-<YYYYmmdd-HHMMSS>``; the prefix is the family's (``stage1``,
+    ``stage2``, ``v2``: FamilySpec.run_prefix)."""
     now = now or _dt.datetime.now()
-    prefix = "v2" if arch == "v2" else f"stage{stage}"
     return f"{prefix}-{Path(dataset).name}-{now:%Y%m%d-%H%M%S}"
 
 

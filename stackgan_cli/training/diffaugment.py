@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from stackgan_cli.models.memory import memory_format_of
+
 AUGMENTATIONS = ("color", "translation", "cutout")
 
 
@@ -70,7 +72,7 @@ def translation(x: Tensor, ratio: float = 0.125) -> Tensor:
     rows = rows.clamp(-1, height) + 1
     cols = cols.clamp(-1, width) + 1
     shifted = padded.permute(0, 2, 3, 1)[b, rows, cols]  # (B, H, W, C)
-    return shifted.permute(0, 3, 1, 2).contiguous(memory_format=_memory_format(x))
+    return shifted.permute(0, 3, 1, 2).contiguous(memory_format=memory_format_of(x))
 
 
 def cutout(x: Tensor, ratio: float = 0.5) -> Tensor:
@@ -106,9 +108,3 @@ class DiffAugment:
 
     def __repr__(self) -> str:
         return f"DiffAugment({self.policy!r})"
-
-
-def _memory_format(x: Tensor) -> torch.memory_format:
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format

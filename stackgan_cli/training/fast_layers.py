@@ -157,12 +157,6 @@ def fuse_nearest_upsampling(module: nn.Module) -> int:
 GEMM_MIN_WEIGHTS = 1 << 22
 
 
-# What StackGAN-v1 trains with: its own measured threshold, no upsampling convolutions as
-# products and one batched product for frozen weights, so that the v1 defaults train
-# bit-identically to earlier releases (the rewrites below change float rounding).
-V1_GEMM = {"min_weights": 1 << 24, "upsampling": False, "frozen_product": False}
-
-
 def gemm_conv2d(
     x: Tensor,
     weight: Tensor,

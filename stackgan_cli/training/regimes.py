@@ -11,15 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from stackgan_cli.choices import DNorm, GNorm, Init, Loss, Optimizer, check_choice
 from stackgan_cli.errors import StackGANError, UsageError
-from stackgan_cli.training.config import (
-    D_NORM_CHOICES,
-    G_NORM_CHOICES,
-    INIT_CHOICES,
-    LOSS_CHOICES,
-    OPTIMIZER_CHOICES,
-    TrainConfig,
-)
+from stackgan_cli.training.config import TrainConfig
 
 TENSORBOARD_DIR = "tensorboard"
 TENSORBOARD_MISSING = (
@@ -57,14 +51,14 @@ REGIME_OPTIONS = {
 def check_regime_options(cfg: TrainConfig) -> None:
     """UsageError (exit 2) naming the option for a regime value or combination that does not
     make sense."""
-    if cfg.loss not in LOSS_CHOICES:
-        raise UsageError(f"--loss: {cfg.loss!r} is not one of {', '.join(LOSS_CHOICES)}")
-    if cfg.optimizer not in OPTIMIZER_CHOICES:
-        raise UsageError(
-            f"--optimizer: {cfg.optimizer!r} is not one of {', '.join(OPTIMIZER_CHOICES)}"
-        )
-    if cfg.init not in INIT_CHOICES:
-        raise UsageError(f"--init: {cfg.init!r} is not one of {', '.join(INIT_CHOICES)}")
+    for field, option, choice in (
+        ("loss", "--loss", Loss),
+        ("optimizer", "--optimizer", Optimizer),
+        ("init", "--init", Init),
+        ("g_norm", "--g-norm", GNorm),
+        ("d_norm", "--d-norm", DNorm),
+    ):
+        check_choice(option, getattr(cfg, field), choice)
     if isinstance(cfg.n_critic, bool) or int(cfg.n_critic) != cfg.n_critic or cfg.n_critic < 1:
         raise UsageError(f"--n-critic: must be a whole number of at least 1, got {cfg.n_critic}")
     if not cfg.gp_weight >= 0:
@@ -89,14 +83,10 @@ def check_regime_options(cfg: TrainConfig) -> None:
 
 
 def check_network_options(cfg: TrainConfig) -> None:
-    """UsageError (exit 2) naming the option for a bad --g-norm, --d-norm, --d-dropout,
-    --diffaugment or --r1."""
+    """UsageError (exit 2) naming the option for a bad --d-dropout, --diffaugment or --r1, or
+    one that does not fit the other options."""
     from stackgan_cli.training.diffaugment import parse_policy
 
-    if cfg.g_norm not in G_NORM_CHOICES:
-        raise UsageError(f"--g-norm: {cfg.g_norm!r} is not one of {', '.join(G_NORM_CHOICES)}")
-    if cfg.d_norm not in D_NORM_CHOICES:
-        raise UsageError(f"--d-norm: {cfg.d_norm!r} is not one of {', '.join(D_NORM_CHOICES)}")
     if isinstance(cfg.d_dropout, bool) or not 0.0 <= cfg.d_dropout < 1.0:
         raise UsageError(
             f"--d-dropout: the dropout probability must be in [0, 1), got {cfg.d_dropout}"

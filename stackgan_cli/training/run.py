@@ -21,22 +21,17 @@ from typing import Any
 
 import torch
 
-from stackgan_cli import paths
+from stackgan_cli import families, paths
 from stackgan_cli.console import warn
 from stackgan_cli.data.prepared import PreparedDataset, load_prepared
 from stackgan_cli.errors import StackGANError, UsageError
+from stackgan_cli.families import train_spec
 from stackgan_cli.fsutil import atomic_write_text, exclusive_lock
 from stackgan_cli.generator_file import load_generator_file
 from stackgan_cli.models import ModelConfig
 from stackgan_cli.training import checkpoint as ckpt
 from stackgan_cli.training import distributed as dist_utils
-from stackgan_cli.training.config import (
-    ARCHS,
-    DEFAULT_PRESET,
-    TrainConfig,
-    default_run_name,
-    resolve_model_dims,
-)
+from stackgan_cli.training.config import TrainConfig, default_run_name, resolve_model_dims
 from stackgan_cli.training.loop import Trainer, TrainingInterrupted, TrainResult
 from stackgan_cli.training.regimes import check_regime_options, require_tensorboard
 from stackgan_cli.training.signals import StopRequest
@@ -65,41 +60,14 @@ def default_dataset() -> str:
 
 
 def check_options(cfg: TrainConfig) -> None:
-    """UsageError (exit 2) for options that do not fit together."""
-    if cfg.arch not in ARCHS:
-        raise UsageError(f"--arch: {cfg.arch!r} is not one of {', '.join(ARCHS)}")
-    if cfg.arch == "v2":
-        _check_v2_options(cfg)
-    elif cfg.stage is None:
-        raise UsageError("--stage: --arch v1 trains one stage per run: pass --stage 1 or 2")
-    elif cfg.branches is not None:
-        raise UsageError("--branches: only --arch v2 has branches (v1 trains one --stage)")
+    """UsageError (exit 2) for options that do not fit together: the family that --arch and
+    --stage name checks its own, then the regime's."""
+    train_spec(cfg).load().check_train_options(cfg)
     if not 0.0 <= cfg.ema < 1.0:
         raise UsageError(f"--ema: the average's decay must be in [0, 1), got {cfg.ema}")
-    if cfg.stage == 1 and cfg.stage1_ckpt:
-        raise UsageError("--stage1-ckpt: only Stage 2 uses a Stage-I generator")
-    if cfg.stage == 2 and not cfg.stage1_ckpt:
-        raise UsageError(
-            "--stage1-ckpt: Stage 2 refines a Stage-I generator: pass the --out file (or "
-            "RUN_DIR/generator.pt) of `stackgan train --stage 1`"
-        )
     if cfg.lr_g <= 0 or cfg.lr_d <= 0:
         raise UsageError("--lr-g/--lr-d: learning rates must be positive")
     check_regime_options(cfg)
-
-
-def _check_v2_options(cfg: TrainConfig) -> None:
-    if cfg.stage is not None:
-        raise UsageError(
-            "--stage: --arch v2 trains all its branches at once; drop --stage "
-            "(--branches 1|2|3 picks 64, 128 or 256 px)"
-        )
-    if cfg.branches not in (1, 2, 3):
-        raise UsageError(f"--branches: must be 1, 2 or 3, got {cfg.branches}")
-    if cfg.stage1_ckpt:
-        raise UsageError("--stage1-ckpt: only --arch v1 Stage 2 uses a Stage-I generator")
-    if cfg.uncond_coeff < 0 or cfg.color_coeff < 0:
-        raise UsageError("--uncond-coeff/--color-coeff: weights must not be negative")
 
 
 @contextmanager
@@ -118,16 +86,13 @@ def _text_dim(dataset: PreparedDataset) -> int:
     return int(dataset.split("train").embeddings.shape[2])
 
 
-def _load_stage1(path: str, dataset: PreparedDataset) -> Any:
+def _load_stage1(path: str, dataset: PreparedDataset, needed: str) -> Any:
+    """The generator file of --stage1-ckpt, which must hold the family ``needed`` (a key)."""
     bundle = load_generator_file(path, device="cpu")
-    if bundle.arch != "v1":
+    if bundle.family.key != needed:
         raise StackGANError(
-            f"{path} is a StackGAN-v2 generator; --stage1-ckpt needs a StackGAN-v1 Stage-I one "
-            "(the --out file or RUN_DIR/generator.pt of `stackgan train --stage 1`)"
-        )
-    if bundle.stage != 1:
-        raise StackGANError(
-            f"{path} is a Stage-II generator; --stage1-ckpt needs a Stage-I one "
+            f"{path} is a {bundle.family.label}; --stage1-ckpt needs a "
+            f"{families.spec_named(needed).title} one "
             "(the --out file or RUN_DIR/generator.pt of `stackgan train --stage 1`)"
         )
     if bundle.dataset is not None and bundle.dataset != dataset.name:
@@ -139,7 +104,7 @@ def _new_run_dir(cfg: TrainConfig, dataset: PreparedDataset) -> Path:
     """The run directory of a new run: ``--run-dir``, else a fresh name under runs/."""
     if cfg.run_dir:
         return Path(cfg.run_dir).expanduser().resolve()
-    base = paths.runs_dir() / default_run_name(cfg.stage, dataset.name, arch=cfg.arch)
+    base = paths.runs_dir() / default_run_name(train_spec(cfg).run_prefix, dataset.name)
     run_dir, n = base, 1
     while run_dir.exists():
         n += 1
@@ -197,9 +162,11 @@ def start_training(
     try:
         dataset = load_prepared(dataset_name)
         cfg = replace(cfg, dataset=dataset_source(dataset_name))
+        spec = train_spec(cfg)
+        family_class = spec.load()
         stage1 = None
-        if cfg.stage == 2:
-            stage1 = _load_stage1(cfg.stage1_ckpt, dataset)
+        if family_class.nested_family is not None:
+            stage1 = _load_stage1(cfg.stage1_ckpt, dataset, family_class.nested_family)
             cfg = replace(cfg, stage1_ckpt=str(Path(cfg.stage1_ckpt).expanduser().resolve()))
         dims = resolve_model_dims(
             preset=preset,
@@ -207,11 +174,9 @@ def start_training(
             text_dim=_text_dim(dataset),
             stage1=stage1.cfg.to_dict() if stage1 is not None else None,
             stage1_name=f"the Stage-I generator {cfg.stage1_ckpt}",
-            default_preset=DEFAULT_PRESET[cfg.arch],
+            default_preset=spec.default_preset,
         )
-        if cfg.arch == "v2":
-            dims["branch_num"] = cfg.branches
-        model_cfg = ModelConfig(**dims)
+        model_cfg = ModelConfig(**{**dims, **family_class.model_fields(cfg)})
         if cfg.out:
             cfg = replace(cfg, out=str(Path(cfg.out).expanduser().resolve()))
         run_dir = _new_run_dir(cfg, dataset) if ctx.is_main else None

@@ -15,7 +15,10 @@ unchanged; what differs from the official code is only how it runs:
   gradients are all-reduced once by that backward) and the G step calls the bare Ds, whose
   parameters then need no gradient at all; G's single forward goes through G's wrapper.
 
-The losses of an iteration come back as one detached device tensor: no host synchronisation.
+The step takes a :class:`~stackgan_cli.data.batch.Batch` and returns the losses of the iteration
+as one detached device tensor (no host synchronisation), in the order of :func:`loss_names`.
+A family's further generator terms (StackGAN-v2's colour consistency) come back by name beside
+the adversarial ``errG``, which holds the adversarial terms alone.
 """
 
 from __future__ import annotations
@@ -28,27 +31,30 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from stackgan_cli.data.batch import Batch
+from stackgan_cli.families.base import Family
 from stackgan_cli.models.losses import AdversarialLoss, gradient_penalty, kl_loss
-from stackgan_cli.training.family import StackGANv1
 from stackgan_cli.training.fast_layers import fuse_nearest_upsampling, gemm_large_convolutions
 
-LOSS_NAMES = ("errD", "errG", "kl")  # followed by the discriminators' parts (see loss_names)
+LOSS_NAMES = ("errD", "errG", "kl")  # then the generator terms and the discriminators' parts
 
 
 def loss_names(
-    family: StackGANv1,
+    family: Family,
     discriminators: int = 1,
     *,
     gradient_penalty: bool = False,
     r1: bool = False,
 ) -> tuple[str, ...]:
-    """Names of the entries of the tensor a :class:`GANStep` returns, in order: ``D_<part>``
-    with one discriminator, ``D<i>_<part>`` with several; with ``gradient_penalty`` (WGAN-GP)
-    each discriminator's parts end with ``gp`` (unweighted), with ``r1`` (--r1) with ``r1``
-    (unweighted)."""
+    """Names of the entries of the tensor a :class:`GANStep` returns, in order: errD, errG
+    (adversarial), kl, ``G_<term>`` for each further generator term of the family (weighted),
+    then each discriminator's parts, ``D_<part>`` with one discriminator, ``D<i>_<part>`` with
+    several; with ``gradient_penalty`` (WGAN-GP) each discriminator's parts end with ``gp``
+    (unweighted), with ``r1`` (--r1) with ``r1`` (unweighted)."""
     prefixes = ["D"] if discriminators == 1 else [f"D{i}" for i in range(discriminators)]
     parts = family.loss_parts + (("gp",) if gradient_penalty else ()) + (("r1",) if r1 else ())
-    return LOSS_NAMES + tuple(f"{prefix}_{part}" for prefix in prefixes for part in parts)
+    terms = tuple(f"G_{name}" for name in family.generator_term_names)
+    return LOSS_NAMES + terms + tuple(f"{prefix}_{part}" for prefix in prefixes for part in parts)
 
 
 def autocast_context(
@@ -102,8 +108,8 @@ class DiscriminatorView:
 
 
 class GANStep:
-    """Callable doing one training iteration: ``step(real_images, text_embeddings)`` returns
-    the detached losses (errD summed over the discriminators, errG, kl, then each
+    """Callable doing one training iteration: ``step(batch)`` returns the detached losses
+    (errD summed over the discriminators, errG, kl, the family's generator terms, then each
     discriminator's parts; see :func:`loss_names`) as one float32 device tensor.
 
     ``netG`` and ``netDs`` are the bare modules (possibly compiled in place), ``opt_ds`` one
@@ -113,7 +119,7 @@ class GANStep:
 
     def __init__(
         self,
-        family: StackGANv1,
+        family: Family,
         netG: nn.Module,
         netDs: Sequence[nn.Module],
         opt_g: torch.optim.Optimizer,
@@ -151,15 +157,13 @@ class GANStep:
             + (("r1",) if self.r1 > 0 else ())
         )
         # Where the discriminators have unconditional heads that count, the penalty covers them.
-        self._gp_uncond = "uncond_real" in family.loss_parts and (
-            getattr(family, "uncond_coeff", 1.0) > 0
-        )
+        self._gp_uncond = family.gp_uncond
         self.z_dim = z_dim
         self.device = device
         self.autocast = autocast_context(device, amp)
         self._g_route = ddp_g if ddp_g is not None else netG
         routes = list(ddp_ds) if ddp_ds is not None else [None] * len(self.netDs)
-        # The encoder: the module itself for v1, its ``encode`` method for v2 (family.encoder).
+        # The module whose call gives a discriminator's features (Family.encoder).
         encoders = [family.encoder(d) for d in self.netDs]
         logits = loss.uses_logits
         self._d_for_d_step = [
@@ -175,16 +179,16 @@ class GANStep:
             p for d in self.netDs for p in d.parameters() if p.requires_grad and freeze_d_for_g_step
         ]
 
-    def __call__(self, real: Tensor, text: Tensor, wrong: Tensor | None = None) -> Tensor:
+    def __call__(self, batch: Batch) -> Tensor:
         family, loss = self.family, self.loss
-        noise = torch.randn(real.size(0), self.z_dim, device=self.device)
+        noise = torch.randn(len(batch), self.z_dim, device=self.device)
         with self.autocast():
-            fakes, mu, logvar = family.generate(self._g_route, text, noise)
+            output = family.generate(self._g_route, batch.text, noise)
+        fakes, mu, logvar = output.images, output.mu, output.logvar
         conditions = mu.detach().float()
 
         errors_d, parts = [], []
-        # ``wrong``: the families that draw their wrong images apart (v2) get them with the real.
-        real_views = family.real_views(real) if wrong is None else family.real_views(real, wrong)
+        real_views = family.real_views(batch)
         views = zip(self._d_for_d_step, self.opt_ds, real_views, fakes, strict=True)
         for netD, opt_d, real_view, fake in views:
             for _ in range(self.n_critic):
@@ -193,16 +197,13 @@ class GANStep:
                     netD, real_view, fake.detach(), conditions, loss
                 )
                 if loss.gradient_penalty:
-                    # v2 views are (real, wrong): the penalty mixes the real images and fakes.
-                    real_images = real_view[0] if isinstance(real_view, tuple) else real_view
                     penalty = gradient_penalty(
-                        netD, real_images, fake, conditions, uncond=self._gp_uncond
+                        netD, real_view.images, fake, conditions, uncond=self._gp_uncond
                     )
                     err_d = err_d + self.gp_weight * penalty
                     named = {**named, "gp": penalty.detach()}
                 if self.r1 > 0:
-                    real_images = real_view[0] if isinstance(real_view, tuple) else real_view
-                    penalty = r1_penalty(netD, real_images, conditions, uncond=self._gp_uncond)
+                    penalty = r1_penalty(netD, real_view.images, conditions, uncond=self._gp_uncond)
                     err_d = err_d + 0.5 * self.r1 * penalty
                     named = {**named, "r1": penalty.detach()}
                 err_d.backward()
@@ -219,18 +220,19 @@ class GANStep:
             for netD, fake in zip(self._d_for_g_step, fakes, strict=True):
                 term = family.generator_loss(netD, fake, g_conditions, loss)
                 err_g = term if err_g is None else err_g + term
-            extra = family.generator_extra_loss(fakes)
-            if extra is not None:
-                err_g = err_g + extra
+            terms = family.generator_terms(output)
+            total = err_g
+            for value in terms.values():
+                total = total + value
             kl = kl_loss(mu, logvar)
-            (err_g + self.kl_coeff * kl).backward()
+            (total + self.kl_coeff * kl).backward()
         finally:
             for p in self._d_params:
                 p.requires_grad_(True)
         self.opt_g.step()
         err_d_total = errors_d[0] if len(errors_d) == 1 else torch.stack(errors_d).sum()
-        values = [err_d_total, err_g, kl, *parts]
-        return torch.stack([v.detach().float() for v in values])
+        values = [err_d_total, err_g, kl, *(terms[name] for name in family.generator_term_names)]
+        return torch.stack([v.detach().float() for v in [*values, *parts]])
 
 
 def r1_penalty(
@@ -266,9 +268,8 @@ def make_optimizers(
 ) -> tuple[torch.optim.Optimizer, list[torch.optim.Optimizer]]:
     """Official Adam(0.5, 0.999) (``betas``) for G's trainable parameters (Stage II: not the
     frozen Stage-I G) and one for each discriminator; ``fused`` None = the fused kernels on
-    CUDA and the CPU. ``optimizer`` "rmsprop": torch's RMSprop defaults (no betas) instead."""
-    if optimizer not in ("adam", "rmsprop"):
-        raise ValueError(f"unknown optimizer {optimizer!r}")
+    CUDA and the CPU. ``optimizer`` (choices.Optimizer) "rmsprop": torch's RMSprop defaults
+    (no betas) instead."""
     if fused is None:
         fused = device.type in ("cuda", "cpu")
     fused = fused or None  # None lets torch pick its default (foreach or for-loop) implementation

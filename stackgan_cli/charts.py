@@ -1,6 +1,8 @@
-"""``losses.png``: D loss, G loss and KL against the training step, drawn with Pillow.
+"""Line charts drawn with Pillow, beside :mod:`stackgan_cli.imaging`: the axes, series and text
+primitives that ``stackgan runs --plot`` (runs/plot.py) builds on, and a run's ``losses.png``
+(D loss, G loss and KL against the training step), which training writes and serve draws.
 
-Pillow is already a dependency; matplotlib would add tens of megabytes for one line chart.
+Pillow is already a dependency; matplotlib would add tens of megabytes for a few line charts.
 """
 
 from __future__ import annotations

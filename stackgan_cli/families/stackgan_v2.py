@@ -15,19 +15,23 @@ the only difference is that our smaller views are not rounded to 8 bits. A two-b
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stackgan_cli.models.config import ModelConfig, load_size
+from stackgan_cli.data.batch import Batch
+from stackgan_cli.errors import StackGANError, UsageError
+from stackgan_cli.families.base import Family, GeneratorOutput, RealView, SampleNoise
+from stackgan_cli.families.registry import FAMILIES
+from stackgan_cli.models.config import ModelConfig
 from stackgan_cli.models.discriminator_v2 import StackGANv2Discriminator
-from stackgan_cli.models.generator_v2 import StackGANv2Generator, branch_image_sizes
+from stackgan_cli.models.generator_v2 import MAX_BRANCHES, StackGANv2Generator, branch_image_sizes
 from stackgan_cli.models.losses import AdversarialLoss
-
-V2_PARTS = ("real", "wrong", "fake", "uncond_real", "uncond_wrong", "uncond_fake")
+from stackgan_cli.models.memory import memory_format_of
+from stackgan_cli.models.official_v2 import v2_generator_from_state_dict
 
 
 class DiscriminatorEncoder(nn.Module):
@@ -43,71 +47,124 @@ class DiscriminatorEncoder(nn.Module):
         return self.netD.encode(images)
 
 
-class StackGANv2:
-    """StackGAN-v2 with ``branches`` branches (images of 64, 128, 256 px, smallest first).
+class StackGANv2(Family):
+    """StackGAN-v2 with ``cfg.branch_num`` branches (images of 64, 128, 256 px, smallest first).
 
     ``uncond_coeff`` weights the unconditional terms and ``color_coeff`` the colour-consistency
     term between adjacent branches (0 = off, the birds recipe).
     """
 
+    spec = FAMILIES["v2"]
+    generator_class = StackGANv2Generator
+    file_version = 2  # older readers accept version-1 files only, and refuse these cleanly
+    sheet_shows_every_output = True
+    loss_parts = ("real", "wrong", "fake", "uncond_real", "uncond_wrong", "uncond_fake")
     # The G loss conditions the discriminators on mu itself, not mu.detach() (spec section 4).
     generator_condition_grad = True
+    wrong_images = True  # the sampler draws a wrong (other-class) batch too
+    cpu_gemm: Mapping[str, Any] = {}  # fast_layers.py's defaults, measured on v2
 
-    def __init__(self, branches: int = 3, *, uncond_coeff: float = 1.0, color_coeff: float = 0.0):
-        self.branches = int(branches)
-        self.sizes = branch_image_sizes(self.branches)
+    def __init__(
+        self, cfg: ModelConfig, *, uncond_coeff: float = 1.0, color_coeff: float = 0.0
+    ) -> None:
+        super().__init__(cfg)
+        self.sizes = branch_image_sizes(cfg.branch_num)
         self.uncond_coeff = float(uncond_coeff)
         self.color_coeff = float(color_coeff)
-        self.stage = None
-        self.name = f"StackGAN-v2 ({self.branches} branch{'es' if self.branches > 1 else ''})"
-        # One branch crops 64 from 76 as the official; more branches crop 256 from 304.
-        self.image_size = 64 if self.branches == 1 else 256
-        self.load_size = load_size(self.image_size)
-        self.loss_parts = V2_PARTS
-        self.cpu_gemm: dict[str, Any] = {}  # fast_layers.py's defaults, measured on v2
-        self.wrong_images = True  # the sampler draws a wrong (other-class) batch too
 
-    def build(
-        self, cfg: ModelConfig, stage1_state: Mapping[str, Tensor] | None = None
+    @property
+    def title(self) -> str:
+        branches = self.cfg.branch_num
+        return f"StackGAN-v2 ({branches} branch{'es' if branches > 1 else ''})"
+
+    def output_sizes(self) -> tuple[int, ...]:
+        return self.sizes
+
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), "branches": self.cfg.branch_num}
+
+    def generation_batch(self, output: int) -> int:
+        return 16  # every pass makes every branch, up to 256 px
+
+    def file_entries(self) -> dict[str, Any]:
+        # "arch" and "stage" as the files of earlier versions, which read no "family"
+        return {**super().file_entries(), "arch": "v2", "stage": None}
+
+    def sample(
+        self, generator: nn.Module, text: Tensor, noise: SampleNoise, upto: int | None = None
+    ) -> list[Tensor]:
+        images, _, _ = generator.forward(text, noise.z, noise.eps[0])
+        return list(images)[:upto]
+
+    @classmethod
+    def recognises_official(cls, state: Mapping[str, Tensor]) -> bool:
+        return any(key.startswith("h_net1.") for key in state)
+
+    @classmethod
+    def from_official(cls, state: Mapping[str, Tensor], name: str) -> tuple[Family, nn.Module]:
+        cfg, generator = v2_generator_from_state_dict(state, name=name)
+        return cls(cfg), generator
+
+    # --- training --------------------------------------------------------------------------
+    @classmethod
+    def check_train_options(cls, cfg: Any) -> None:
+        if cfg.branches not in range(1, MAX_BRANCHES + 1):
+            raise UsageError(f"--branches: must be 1, 2 or 3, got {cfg.branches}")
+        if cfg.stage1_ckpt:
+            raise UsageError("--stage1-ckpt: only --arch v1 Stage 2 uses a Stage-I generator")
+        if cfg.uncond_coeff < 0 or cfg.color_coeff < 0:
+            raise UsageError("--uncond-coeff/--color-coeff: weights must not be negative")
+
+    @classmethod
+    def model_fields(cls, cfg: Any) -> dict[str, int]:
+        return {"branch_num": int(cfg.branches)}
+
+    @classmethod
+    def for_training(cls, train_cfg: Any, cfg: ModelConfig) -> Family:
+        return cls(cfg, uncond_coeff=train_cfg.uncond_coeff, color_coeff=train_cfg.color_coeff)
+
+    @property
+    def image_size(self) -> int:
+        # One branch crops 64 from 76 as the official; more branches crop 256 from 304.
+        return 64 if self.cfg.branch_num == 1 else 256
+
+    def build_networks(
+        self, stage1_state: Mapping[str, Tensor] | None = None
     ) -> tuple[nn.Module, list[nn.Module]]:
         """A freshly initialised (orthogonal) tree generator and one discriminator per branch."""
         if stage1_state is not None:
-            raise ValueError("StackGAN-v2 does not nest a Stage-I generator")
-        if cfg.branch_num != self.branches:
-            raise ValueError(f"the model has {cfg.branch_num} branches, the family {self.branches}")
-        netG = StackGANv2Generator(cfg)
-        return netG, [StackGANv2Discriminator(cfg, size) for size in self.sizes]
+            raise StackGANError("StackGAN-v2 does not nest a Stage-I generator")
+        netG = StackGANv2Generator(self.cfg)
+        return netG, [StackGANv2Discriminator(self.cfg, size) for size in self.sizes]
 
     def encoder(self, netD: nn.Module) -> nn.Module:
-        """The module whose call gives ``netD``'s image features."""
         return DiscriminatorEncoder(netD)
 
-    def generate(
-        self, netG: Callable, text: Tensor, noise: Tensor
-    ) -> tuple[list[Tensor], Tensor, Tensor]:
-        """Every branch's images (smallest first), and the conditioning mean and log-variance."""
+    def generate(self, netG: Callable, text: Tensor, noise: Tensor) -> GeneratorOutput:
         images, mu, logvar = netG(text, noise)
-        return list(images), mu, logvar
+        return GeneratorOutput(images=list(images), mu=mu, logvar=logvar)
 
-    def real_views(self, real: Tensor, wrong: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """(real, wrong) pairs at each branch's size, each shrunk from the same crop."""
-        return [(_resize(real, size), _resize(wrong, size)) for size in self.sizes]
+    def real_views(self, batch: Batch) -> list[RealView]:
+        """(real, wrong) at each branch's size, each shrunk from the same crop."""
+        if batch.wrong is None:
+            raise ValueError("StackGAN-v2 batches carry wrong images (WrongImageSampler)")
+        return [
+            RealView(_resize(batch.images, size), _resize(batch.wrong, size)) for size in self.sizes
+        ]
+
+    @property
+    def gp_uncond(self) -> bool:
+        return self.uncond_coeff > 0
 
     def discriminator_loss(
-        self,
-        netD: Any,
-        real_view: tuple[Tensor, Tensor],
-        fake: Tensor,
-        conditions: Tensor,
-        loss: AdversarialLoss,
+        self, netD: Any, real: RealView, fake: Tensor, conditions: Tensor, loss: AdversarialLoss
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """D_i's loss: cond real -> 1, wrong -> 0, fake -> 0, plus ``uncond_coeff`` x
         [uncond real -> 1, wrong -> 1 (a wrong image is still real), fake -> 0]; with
         ``uncond_coeff`` 0 the official ``real + 0.5 (wrong + fake)``."""
-        real, wrong = real_view
         conditions = conditions.detach()
         # Three separate encoder passes (separate BatchNorm statistics), in the official order.
-        features = [netD(real), netD(wrong), netD(fake.detach())]
+        features = [netD(real.images), netD(real.wrong), netD(fake.detach())]
         cond = [netD.get_cond_logits(f, conditions) for f in features]
         parts = {
             "real": loss.real(cond[0]),
@@ -140,27 +197,23 @@ class StackGANv2:
             err_g = err_g + self.uncond_coeff * loss.generator(netD.get_uncond_logits(features))
         return err_g
 
-    def generator_extra_loss(self, fakes: Sequence[Tensor]) -> Tensor | None:
-        """Colour consistency between adjacent branches (the smaller one detached), largest
-        pair first as the official: ``color (MSE(means) + 5 MSE(covariances))``; None when
-        ``color_coeff`` is 0."""
-        if self.color_coeff <= 0 or len(fakes) < 2:
-            return None
-        total = None
+    @property
+    def generator_term_names(self) -> tuple[str, ...]:
+        return ("color",) if self.color_coeff > 0 and self.cfg.branch_num > 1 else ()
+
+    def generator_terms(self, output: GeneratorOutput) -> dict[str, Tensor]:
+        """``color``: colour consistency between adjacent branches (the smaller one detached),
+        largest pair first as the official: ``color_coeff (MSE(means) + 5 MSE(covariances))``;
+        none when ``color_coeff`` is 0."""
+        if not self.generator_term_names:
+            return {}
+        fakes, total = output.images, None
         for k in range(len(fakes) - 1, 0, -1):
             mu1, cov1 = _mean_covariance(fakes[k].float())
             mu2, cov2 = _mean_covariance(fakes[k - 1].detach().float())
             term = self.color_coeff * (F.mse_loss(mu1, mu2) + 5.0 * F.mse_loss(cov1, cov2))
             total = term if total is None else total + term
-        return total
-
-    @torch.no_grad()
-    def sample(
-        self, netG: nn.Module, text: Tensor, noise: Tensor, eps: Sequence[Tensor]
-    ) -> list[Tensor]:
-        """Every branch's images for a sample grid (shown side by side), CA noise ``eps[0]``."""
-        images, _, _ = netG.forward(text, noise, eps[0])
-        return list(images)
+        return {"color": total}
 
 
 def _resize(images: Tensor, size: int) -> Tensor:
@@ -169,13 +222,7 @@ def _resize(images: Tensor, size: int) -> Tensor:
     resized = F.interpolate(
         images, size=(size, size), mode="bilinear", align_corners=False, antialias=True
     )
-    return resized.contiguous(memory_format=_memory_format(images))
-
-
-def _memory_format(images: Tensor) -> torch.memory_format:
-    if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
+    return resized.contiguous(memory_format=memory_format_of(images))
 
 
 def _mean_covariance(images: Tensor) -> tuple[Tensor, Tensor]:

@@ -20,8 +20,6 @@ from typing import Any
 
 from torch import nn
 
-G_NORM_CHOICES = ("batch", "none")
-D_NORM_CHOICES = ("batch", "none", "spectral")
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
@@ -91,18 +89,15 @@ def add_dropout(module: nn.Module, p: float) -> int:
     )
 
 
-def apply_generator_options(netG: nn.Module, g_norm: str) -> None:
-    """``--g-norm`` on a generator; the nested Stage-I generator of Stage II is left alone."""
-    if g_norm not in G_NORM_CHOICES:
-        raise ValueError(f"unknown generator normalisation {g_norm!r}")
+def apply_generator_options(netG: nn.Module, g_norm: str, skip: Sequence[nn.Module] = ()) -> None:
+    """``--g-norm`` (choices.GNorm) on a generator, outside ``skip`` (the parts its family
+    keeps frozen, such as the nested Stage-I generator of Stage II)."""
     if g_norm == "none":
-        remove_batchnorm(netG, skip=(getattr(netG, "STAGE1_G", None),))
+        remove_batchnorm(netG, skip=skip)
 
 
 def apply_discriminator_options(netD: nn.Module, d_norm: str, d_dropout: float) -> None:
-    """``--d-norm`` and ``--d-dropout`` on one discriminator."""
-    if d_norm not in D_NORM_CHOICES:
-        raise ValueError(f"unknown discriminator normalisation {d_norm!r}")
+    """``--d-norm`` (choices.DNorm) and ``--d-dropout`` on one discriminator."""
     if d_norm in ("none", "spectral"):
         remove_batchnorm(netD)
     if d_norm == "spectral":
@@ -111,10 +106,12 @@ def apply_discriminator_options(netD: nn.Module, d_norm: str, d_dropout: float) 
         add_dropout(netD, float(d_dropout))
 
 
-def apply_network_options(cfg: Any, netG: nn.Module, netDs: Sequence[nn.Module]) -> None:
+def apply_network_options(
+    cfg: Any, netG: nn.Module, netDs: Sequence[nn.Module], frozen: Sequence[nn.Module] = ()
+) -> None:
     """The TrainConfig ``cfg``'s g_norm, d_norm and d_dropout on the built networks (in place;
-    nothing happens with the defaults)."""
-    apply_generator_options(netG, getattr(cfg, "g_norm", "batch"))
+    nothing happens with the defaults); the generator's ``frozen`` parts are left alone."""
+    apply_generator_options(netG, getattr(cfg, "g_norm", "batch"), skip=frozen)
     for netD in netDs:
         apply_discriminator_options(
             netD, getattr(cfg, "d_norm", "batch"), getattr(cfg, "d_dropout", 0.0)

@@ -1,0 +1,128 @@
+"""The registry of model families: what each one is, read without torch.
+
+A family is one kind of model from training to generation: StackGAN-v1 Stage I, StackGAN-v1
+Stage II, the StackGAN-v2 tree. Its entry here says what it is (the key generator files name
+it by, the ``--arch``/``--stage`` a run trains it with, its titles, run-folder prefix and
+official recipe) and where its implementation lives; :meth:`FamilySpec.load` imports that
+implementation (a :class:`stackgan_cli.families.base.Family` subclass, with torch) on first
+use. So ``stackgan runs`` and ``--help`` ask the registry and never import torch, and a new
+family is one entry here and one module beside this one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from stackgan_cli.errors import StackGANError
+
+
+def _v1_run_label(spec: FamilySpec, train: Mapping[str, Any]) -> str:
+    return f"v1 stage {spec.stage}"
+
+
+def _v2_run_label(spec: FamilySpec, train: Mapping[str, Any]) -> str:
+    branches = train.get("branches")
+    if isinstance(branches, bool) or not isinstance(branches, int):
+        return "v2"
+    return f"v2 {branches} {'branch' if branches == 1 else 'branches'}"
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """One family's entry: its identity, its official recipe and where its code lives."""
+
+    key: str  # what generator files name it by ("family")
+    arch: str  # the --arch that trains it (TrainConfig.arch)
+    stage: int | None  # the --stage that trains it (TrainConfig.stage); None: no stages
+    title: str  # e.g. "StackGAN-v1 Stage-I"
+    run_prefix: str  # run folder names: <prefix>-<dataset>-<YYYYmmdd-HHMMSS>
+    default_preset: str  # models/config.py PRESETS: the network widths of the official recipe
+    implementation: str  # "module:Class" of its Family subclass
+    # What the official recipe changes of TrainConfig's defaults (the families of one --arch
+    # share one recipe: it is chosen before the stage is known).
+    train_defaults: Mapping[str, Any] = field(default_factory=dict)
+    # A run's model column in `stackgan runs`, from config.json's "train" dict.
+    run_label: Callable[[FamilySpec, Mapping[str, Any]], str] = _v1_run_label
+
+    def load(self) -> Any:
+        """The family's implementation class (imports torch and the networks)."""
+        module, _, name = self.implementation.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+FAMILIES: dict[str, FamilySpec] = {
+    spec.key: spec
+    for spec in (
+        FamilySpec(
+            key="v1-stage1",
+            arch="v1",
+            stage=1,
+            title="StackGAN-v1 Stage-I",
+            run_prefix="stage1",
+            default_preset="birds",
+            implementation="stackgan_cli.families.stackgan_v1:StageOne",
+        ),
+        FamilySpec(
+            key="v1-stage2",
+            arch="v1",
+            stage=2,
+            title="StackGAN-v1 Stage-II",
+            run_prefix="stage2",
+            default_preset="birds",
+            implementation="stackgan_cli.families.stackgan_v1:StageTwo",
+        ),
+        FamilySpec(
+            key="v2",
+            arch="v2",
+            stage=None,
+            title="StackGAN-v2",
+            run_prefix="v2",
+            default_preset="birds-v2",
+            implementation="stackgan_cli.families.stackgan_v2:StackGANv2",
+            # stackgan-v2-spec.md 1: batch 24, the parameter average 0.999 (no stages)
+            train_defaults={"stage": None, "branches": 3, "batch_size": 24, "ema": 0.999},
+            run_label=_v2_run_label,
+        ),
+    )
+}
+
+ARCHS: tuple[str, ...] = tuple(dict.fromkeys(spec.arch for spec in FAMILIES.values()))
+"""The --arch choices, in registry order."""
+
+
+def specs_of_arch(arch: str) -> list[FamilySpec]:
+    """The families that ``--arch arch`` trains (one per stage), in registry order."""
+    return [spec for spec in FAMILIES.values() if spec.arch == arch]
+
+
+def arch_recipe(arch: str) -> FamilySpec:
+    """The family whose recipe (train_defaults, default_preset) ``--arch arch`` starts from."""
+    specs = specs_of_arch(arch)
+    if not specs:
+        raise StackGANError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+    return specs[0]
+
+
+def spec_named(key: str, where: str = "") -> FamilySpec:
+    """The family called ``key``; StackGANError (prefixed by ``where``) for an unknown one."""
+    spec = FAMILIES.get(key) if isinstance(key, str) else None
+    if spec is None:
+        prefix = f"{where} names" if where else "unknown"
+        raise StackGANError(
+            f"{prefix} model family {key!r}; known: {', '.join(FAMILIES)} "
+            "(a newer stackgan may know it)"
+        )
+    return spec
+
+
+def spec_for_run(arch: Any, stage: Any) -> FamilySpec | None:
+    """The family that ``--arch arch --stage stage`` trains, or None. An architecture without
+    stages has one family, whatever ``stage`` says (older config.json files and generator
+    files carry a stage for it)."""
+    specs = [spec for spec in FAMILIES.values() if spec.arch == arch]
+    if len(specs) == 1 and specs[0].stage is None:
+        return specs[0]
+    return next((spec for spec in specs if spec.stage == stage), None)
