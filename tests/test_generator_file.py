@@ -192,3 +192,24 @@ def test_load_errors(tmp_path):
     torch.save({"format": "something-else", "format_version": 1}, foreign)
     with pytest.raises(StackGANError, match="not a StackGAN generator file"):
         load_generator_file(foreign)
+
+
+def test_loading_a_generator_file_imports_no_compiler(tmp_path):
+    """A generator is built on the meta device to receive its weights; drawing an official
+    initialisation there imports torch._dynamo, about 1.7 s of every `stackgan generate`."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "s2.pt"
+    save_generator_file(path, Stage2Generator(TINY), TINY, dataset=None, epoch=None)
+    code = (
+        "import sys\n"
+        "from stackgan_cli.generator_file import load_generator_file\n"
+        f"load_generator_file({str(path)!r})\n"
+        "print('dynamo' if 'torch._dynamo' in sys.modules else 'no dynamo')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "no dynamo"

@@ -9,6 +9,11 @@ from torch import nn
 
 @torch.no_grad()
 def _init_module(module: nn.Module) -> None:
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.is_meta:
+        # A layout built to receive loaded weights (official.empty_module): nothing to draw,
+        # and normal_ on the meta device imports torch._dynamo (about 1.7 s per process).
+        return
     if isinstance(module, nn.Conv2d):
         # Only the weight: the two 4x4 logit convs keep torch's default bias init.
         module.weight.normal_(0.0, 0.02)
