@@ -18,7 +18,6 @@ and refuse the others cleanly. Files written before ``family`` existed load thro
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +35,6 @@ from stackgan_cli.models.official import assign_state_dict, empty_module, read_t
 
 FORMAT = "stackgan-generator"
 FORMAT_VERSIONS = (1, 2)  # 2: families whose files older versions must refuse (StackGAN-v2)
-_OFFICIAL_EPOCH = re.compile(r"netG_epoch_(\d+)\.pth$")  # StackGAN-v1 counts epochs
-_OFFICIAL_ITERATION = re.compile(r"netG_(\d+)\.pth$")  # StackGAN-v2 counts iterations
 
 
 @dataclass
@@ -229,17 +226,19 @@ def _from_official(data: Any, path: Path) -> GeneratorBundle:
             f"{path} is neither a StackGAN generator file nor a generator state dict"
         )
     family, generator = families.import_official(data, str(path))
-    epoch = _OFFICIAL_EPOCH.search(path.name)
-    iteration = _OFFICIAL_ITERATION.search(path.name) if epoch is None else None
+    # The number in an official file's name: the family says whether it counts epochs.
+    match = family.official_name.search(path.name) if family.official_name else None
+    count = int(match.group(1)) if match else None
+    epoch, iteration = (count, None) if family.official_count == "epoch" else (None, count)
     return GeneratorBundle(
         family=family,
         generator=generator,
         text_encoder=None,
         dataset=None,
-        epoch=int(epoch.group(1)) if epoch else None,
+        epoch=epoch,
         source="official",
         path=path,
-        iteration=int(iteration.group(1)) if iteration else None,
+        iteration=iteration,
     )
 
 

@@ -11,6 +11,7 @@ terms are weighted, which further generator terms it adds.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -75,6 +76,9 @@ class Family(ABC):
     ca_draws: ClassVar[int] = 1
     # Generator files of this family: the format version older readers accept.
     file_version: ClassVar[int] = 1
+    # The official generator files' names and which count they carry ("epoch", "iteration").
+    official_name: ClassVar[re.Pattern[str] | None] = None
+    official_count: ClassVar[str] = "epoch"
     # --show-stages / sample grids: whether a training sample grid shows every output of a
     # sample side by side (else only the largest).
     sheet_shows_every_output: ClassVar[bool] = False

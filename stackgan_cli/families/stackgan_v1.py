@@ -8,6 +8,7 @@ whose conditioning-augmentation noise is ``eps[0]`` of a sample; its own is ``ep
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -34,6 +35,7 @@ class _StackGANv1(Family):
     stage: int
     discriminator_class: type[nn.Module]
     ca_draws = 2  # a sample's CA noise for Stage I (eps[0]) and Stage II (eps[1])
+    official_name = re.compile(r"netG_epoch_(\d+)\.pth$")  # StackGAN-Pytorch counts epochs
     cpu_gemm = V1_GEMM
 
     @property

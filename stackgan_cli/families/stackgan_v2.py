@@ -15,6 +15,7 @@ the only difference is that our smaller views are not rounded to 8 bits. A two-b
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -57,6 +58,8 @@ class StackGANv2(Family):
     spec = FAMILIES["v2"]
     generator_class = StackGANv2Generator
     file_version = 2  # older readers accept version-1 files only, and refuse these cleanly
+    official_name = re.compile(r"netG_(\d+)\.pth$")  # the official trainer counts iterations
+    official_count = "iteration"
     sheet_shows_every_output = True
     loss_parts = ("real", "wrong", "fake", "uncond_real", "uncond_wrong", "uncond_fake")
     # The G loss conditions the discriminators on mu itself, not mu.detach() (spec section 4).

@@ -7,12 +7,17 @@ import torch
 from torch import nn
 
 
+def _is_layout_only(module: nn.Module) -> bool:
+    """Whether ``module`` was built on the meta device to receive loaded weights
+    (official.empty_module): there is nothing to draw, and ``normal_`` on the meta device
+    imports torch._dynamo (about 1.7 s per process)."""
+    weight = getattr(module, "weight", None)
+    return isinstance(weight, torch.Tensor) and weight.is_meta
+
+
 @torch.no_grad()
 def _init_module(module: nn.Module) -> None:
-    weight = getattr(module, "weight", None)
-    if isinstance(weight, torch.Tensor) and weight.is_meta:
-        # A layout built to receive loaded weights (official.empty_module): nothing to draw,
-        # and normal_ on the meta device imports torch._dynamo (about 1.7 s per process).
+    if _is_layout_only(module):
         return
     if isinstance(module, nn.Conv2d):
         # Only the weight: the two 4x4 logit convs keep torch's default bias init.
@@ -35,9 +40,7 @@ def init_weights(module: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def _init_module_v2(module: nn.Module) -> None:
-    weight = getattr(module, "weight", None)
-    if isinstance(weight, torch.Tensor) and weight.is_meta:
-        # Nothing to fill, and normal_ on the meta device imports torch._dynamo (seconds).
+    if _is_layout_only(module):
         return
     if isinstance(module, (nn.Conv2d, nn.Linear)):
         nn.init.orthogonal_(module.weight, gain=1.0)
