@@ -235,13 +235,18 @@ class Trainer:
         rng = dist_utils.gather_objects(self.ctx, ckpt.capture_rng(self.device))
         done = self.sampler.epoch
         snapshot = done if epoch_end and done % self.cfg.snapshot_every == 0 else None
+        state = self.checkpoint(rng) if self.ctx.is_main else None
         with self.files.writing("the checkpoint"):
             if self.ctx.is_main:
-                path = self.files.write_checkpoint(self.checkpoint(rng), snapshot=snapshot)
-                if path is not None:
-                    progress.message(f"snapshot: {path}")
+                self.files.write_checkpoint(state)
         self.files.last_saved = (self.sampler.epoch, self.sampler.step)
-        with self.files.writing("the generator file"):
+        if snapshot is not None:
+            path = self.files.snapshot_path(snapshot)
+            with self.files.writing(f"the snapshot {path.name}"):
+                if self.ctx.is_main:
+                    self.files.write_checkpoint(state, path)
+                    progress.message(f"snapshot: {path}")
+        with self.files.writing(f"the generator file {self.files.generator_path.name}"):
             if self.ctx.is_main:
                 self.write_generator_file()
 

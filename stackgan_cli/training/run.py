@@ -113,12 +113,16 @@ def _new_run_dir(cfg: TrainConfig, dataset: PreparedDataset) -> Path:
 
 
 def _claim_new(run_dir: Path) -> None:
-    """Make sure ``run_dir`` (whose lock is held) holds no run yet and create its folders."""
-    if (ckpt.checkpoints_dir(run_dir) / ckpt.LAST).exists() or (run_dir / "config.json").exists():
+    """Make sure ``run_dir`` (whose lock is held) holds no run that can be continued and create
+    its folders. A run that stopped before its first checkpoint (a full disk, kill -9) has
+    nothing to resume from, so a new run takes its place."""
+    if (ckpt.checkpoints_dir(run_dir) / ckpt.LAST).exists() or ckpt.list_snapshots(run_dir):
         raise StackGANError(
             f"{run_dir} already holds a run: continue it with `stackgan resume {run_dir}` "
             "or pick another --run-dir"
         )
+    if (run_dir / "config.json").exists():
+        warn(f"{run_dir} holds a run that stopped before its first checkpoint: starting afresh")
     ckpt.checkpoints_dir(run_dir).mkdir(parents=True, exist_ok=True)
 
 
@@ -196,7 +200,7 @@ def start_training(
             )
             if ctx.is_main:
                 write_config_json(run_dir, cfg, model_cfg, trainer)
-                (run_dir / "metrics.jsonl").touch()
+                (run_dir / "metrics.jsonl").write_bytes(b"")
             return train(trainer)
     finally:
         trainer = None  # its DDP wrappers must be gone before their process group

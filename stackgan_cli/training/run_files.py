@@ -83,15 +83,12 @@ class RunFiles:
         return f"the last good checkpoint, {self.last_checkpoint} ({position}), {state}"
 
     # --- writers (rank 0) ------------------------------------------------------------------
-    def write_checkpoint(self, state: dict[str, Any], *, snapshot: int | None) -> Path | None:
-        """``last.pt``, and with ``snapshot`` (epochs done) that epoch's snapshot too, which is
-        returned."""
-        ckpt.save_checkpoint(state, self.last_checkpoint)
-        if snapshot is None:
-            return None
-        path = self.checkpoints / ckpt.snapshot_name(snapshot)
-        ckpt.save_checkpoint(state, path)
-        return path
+    def snapshot_path(self, epoch: int) -> Path:
+        return self.checkpoints / ckpt.snapshot_name(epoch)
+
+    def write_checkpoint(self, state: dict[str, Any], path: Path | None = None) -> None:
+        """``state`` to ``path`` (default ``last.pt``)."""
+        ckpt.save_checkpoint(state, path or self.last_checkpoint)
 
     def write_generator(self, netG: nn.Module, family: Any, **fields: Any) -> None:
         """``generator.pt``: ``netG`` of ``family`` with ``fields`` (text_encoder, dataset,
