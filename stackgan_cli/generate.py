@@ -43,6 +43,7 @@ class GenerateResult:
     images: list[list[Path]] = field(default_factory=list)
     sketches: list[list[Path]] = field(default_factory=list)
     interpolation: Path | None = None
+    attention: list[list[Path]] = field(default_factory=list)
 
 
 def default_out_dir(base: Path | None = None, now: _dt.datetime | None = None) -> Path:
@@ -137,7 +138,7 @@ def encode_prompts(bundle: GeneratorBundle, prompts: Sequence[str]) -> Tensor:
         from stackgan_cli.text_encoder_source import no_text_encoder_message
 
         raise StackGANError(no_text_encoder_message(bundle))
-    embeddings = bundle.text_encoder.encode(list(prompts)).float().cpu()
+    embeddings = bundle.text_encoder.encode(list(prompts)).to("cpu")
     if embeddings.shape != (len(prompts), bundle.cfg.text_dim):
         raise StackGANError(
             f"{bundle.path}: its text encoder gives embeddings of shape "
@@ -192,7 +193,7 @@ def run_generator(
     Stage-II file's sketch and result, a StackGAN-v2 file's branches), smallest first, each
     (P, n, 3, S, S) in [-1, 1] on the CPU."""
     family = bundle.family
-    prompts, n = embeddings.shape[0], len(noise)
+    prompts, n = len(embeddings), len(noise)
     prompt_index = torch.arange(prompts).repeat_interleave(n)
     sample_index = torch.arange(n).repeat(prompts)
     batch = family.generation_batch(output)
@@ -220,11 +221,12 @@ def interpolate(
     device: torch.device,
 ) -> Tensor:
     """(n, steps, 3, H, W): for each sample's fixed z and CA noise, the images of the text
-    embeddings ``(1 - t) * start + t * end`` for ``steps`` values of t from 0 to 1."""
+    ``(1 - t) * start + t * end`` (one-row conditionings, blended as the family says) for
+    ``steps`` values of t from 0 to 1."""
     if steps < 2:
         raise ValueError(f"an interpolation needs at least 2 steps, got {steps}")
     weights = torch.linspace(0.0, 1.0, steps).unsqueeze(1)
-    path = (1.0 - weights) * start.reshape(1, -1) + weights * end.reshape(1, -1)
+    path = bundle.family.blend_text(start, end, weights)
     images = run_generator(bundle, path, noise, output=output, device=device)[-1]
     return images.transpose(0, 1)  # (steps, n) -> (n, steps)
 
@@ -248,8 +250,8 @@ def _endpoint(
             raise StackGANError(
                 f"--interpolate: row {row} is past the embedding file's {embeddings.shape[0]} rows"
             )
-        return embeddings[row], captions[row]
-    return encode_prompts(bundle, [normalized or text])[0], caption_sentence(text)
+        return embeddings[row : row + 1], captions[row]
+    return encode_prompts(bundle, [normalized or text]), caption_sentence(text)
 
 
 def image_name(prompt: int, sample: int, prompts: int, samples: int, suffix: str = "") -> str:
@@ -274,12 +276,18 @@ def generate(
     device: str = "auto",
     size: int | None = None,
     text_encoder: str | Path | None = None,
+    damsm: str | Path | None = None,
+    vocabulary: str | Path | None = None,
+    attention: bool = False,
 ) -> GenerateResult:
     """Everything ``stackgan generate`` does; see its help. Returns what was written.
 
-    ``size`` picks the output by its side: a StackGAN-v2 file's branch (default its largest),
-    or a StackGAN-v1 file's stage (64: stage 1, 256: stage 2). ``text_encoder`` (a prepared
-    dataset or a file, see :mod:`stackgan_cli.text_encoder_source`) replaces the file's own."""
+    ``size`` picks the output by its side: a StackGAN-v2 or AttnGAN file's branch (default its
+    largest), or a StackGAN-v1 file's stage (64: stage 1, 256: stage 2). ``text_encoder`` (a
+    prepared dataset or a file, see :mod:`stackgan_cli.text_encoder_source`) replaces the
+    file's own; for AttnGAN files ``damsm`` does (a DAMSM file, or an official encoders folder
+    with its ``vocabulary``). ``attention`` writes each AttnGAN sample's attention figure as
+    ``PP_KK_attention.png``."""
     if not 1 <= n <= MAX_SAMPLES:
         raise ValueError(f"n must be between 1 and {MAX_SAMPLES}, got {n}")
     if not 2 <= steps <= MAX_STEPS:
@@ -292,20 +300,30 @@ def generate(
         None if _is_row(end, embedding_file) else normalize_prompts([end])[0]
         for end in interpolate_between or ()
     ]
+    if vocabulary is not None and damsm is None:
+        raise UsageError("--vocabulary goes with --damsm (an official DAMSMencoders folder)")
     encoder = None
     if text_encoder is not None:
         from stackgan_cli.text_encoder_source import load_text_encoder
 
         encoder = load_text_encoder(text_encoder)
+    damsm_text = None
+    if damsm is not None:
+        from stackgan_cli.damsm_file import load_damsm
+
+        damsm_text = load_damsm(damsm, vocabulary, image_encoder=False).text
     torch_device = pick_device(device)
     if ckpt is None:
         ckpt = newest_generator()
         _say(f"using the newest generator in the cache: {ckpt}")
     bundle = load_generator_file(ckpt, device=torch_device)
+    check_text_options(bundle, text_encoder, damsm, embedding_file, attention)
     if encoder is not None:
         from stackgan_cli.text_encoder_source import use_text_encoder
 
         use_text_encoder(bundle, encoder, text_encoder)
+    if damsm_text is not None:
+        use_damsm_text(bundle, damsm_text, damsm)
     output = pick_output(bundle, size=size, stage_option=stage, show_stages=show_stages)
     out_size = bundle.family.output_sizes()[output - 1]
 
@@ -328,6 +346,8 @@ def generate(
     if embeddings is not None:
         outputs = run_generator(bundle, embeddings, noise, output=output, device=torch_device)
         _write_samples(result, captions, bundle.family, outputs if show_stages else outputs[-1:])
+        if attention:
+            _write_attention(result, bundle, embeddings, noise, normalized, captions, torch_device)
     if ends:
         (start, first), (end, last) = ends
         strips = interpolate(
@@ -337,6 +357,49 @@ def generate(
         picture = strip(strips, labels, caption=f"0: {first}  |  1: {last}")
         result.interpolation = save_png(picture, result.out_dir / "interpolation.png")
     return result
+
+
+def check_text_options(
+    bundle: GeneratorBundle,
+    text_encoder: str | Path | None,
+    damsm: str | Path | None,
+    embedding_file: Path | None,
+    attention: bool,
+) -> None:
+    """StackGANError when the text options do not suit the file's family: AttnGAN reads a
+    DAMSM's word features (--damsm), the others one embedding per caption (--text-encoder,
+    --embedding-file)."""
+    family, where = bundle.family, bundle.path
+    if family.reads_words:
+        for option, value in (
+            ("--text-encoder", text_encoder),
+            ("--embedding-file", embedding_file),
+        ):
+            if value is not None:
+                raise StackGANError(
+                    f"{option}: {where} is an {family.label}, which reads the words of typed "
+                    "prompts through a DAMSM text encoder (its own, or --damsm)"
+                )
+    else:
+        if damsm is not None:
+            raise StackGANError(
+                f"--damsm: {where} is a {family.label}, which reads sentence embeddings, not a "
+                "DAMSM's word features (use --text-encoder)"
+            )
+        if attention:
+            raise StackGANError(
+                f"--attention: {where} is a {family.label}; only AttnGAN generators attend to words"
+            )
+
+
+def use_damsm_text(bundle: GeneratorBundle, text: Any, source: str | Path) -> None:
+    """Replace an AttnGAN ``bundle``'s text encoder with a DAMSM's (``--damsm source``)."""
+    if text.out_dim != bundle.cfg.text_dim:
+        raise StackGANError(
+            f"--damsm {source} gives {text.out_dim}-d features but {bundle.path} needs "
+            f"{bundle.cfg.text_dim}-d ones"
+        )
+    bundle.text_encoder = text
 
 
 def pick_output(
@@ -401,3 +464,35 @@ def _write_samples(
             result.sketches.append(paths)
     grid = captioned_grid(list(side_by_side(outputs)), captions)
     result.grid = save_png(grid, out_dir / "grid.png")
+
+
+def _write_attention(
+    result: GenerateResult,
+    bundle: GeneratorBundle,
+    text: Any,
+    noise: SampleNoise,
+    prompts: Sequence[str],
+    captions: Sequence[str],
+    device: torch.device,
+) -> None:
+    """``PP_KK_attention.png`` for every sample: its attention figure over every output."""
+    from stackgan_cli.attention_figure import attention_figure
+
+    family, n = bundle.family, len(noise)
+    vocabulary = bundle.text_encoder.vocabulary
+    for p, prompt in enumerate(prompts):
+        ids, _ = vocabulary.encode(prompt)
+        words = [vocabulary.words[i] for i in ids][: text.lengths[p]]
+        rows = torch.full((n,), p, dtype=torch.int64)
+        with torch.inference_mode():
+            images, maps = family.attention(
+                bundle.generator, text[rows].to(device), noise.to(device)
+            )
+        paths = []
+        for k in range(n):
+            figure = attention_figure(
+                [image[k] for image in images], [m[k] for m in maps], words, captions[p]
+            )
+            name = image_name(p, k, len(prompts), n, "_attention")
+            paths.append(save_png(figure, result.out_dir / name))
+        result.attention.append(paths)

@@ -43,7 +43,7 @@ class GeneratorBundle:
 
     family: Any  # a stackgan_cli.families.base.Family, with the file's widths
     generator: nn.Module
-    text_encoder: Any | None  # stackgan_cli.text.TextEncoder
+    text_encoder: Any | None  # stackgan_cli.text.TextEncoder (AttnGAN: text.damsm_text.DAMSMText)
     dataset: str | None
     epoch: int | None
     source: str  # "stackgan" (our format) or "official" (a plain official state dict)
@@ -204,9 +204,14 @@ def _text_encoder(data: Any, path: Path) -> Any | None:
 
 def text_encoder_from_dict(data: Any, where: str) -> Any:
     """A ``TextEncoder`` from its ``to_dict()`` (a generator file's entry or a
-    ``text_encoder.pt``); a one-line StackGANError naming ``where`` otherwise."""
+    ``text_encoder.pt``), or for AttnGAN files a ``DAMSMText``; a one-line StackGANError naming
+    ``where`` otherwise."""
     if not isinstance(data, Mapping):
         raise StackGANError(f"{where}: the text encoder entry is not a dict")
+    from stackgan_cli.text import damsm_text
+
+    if data.get("format") == damsm_text.FORMAT:
+        return damsm_text.DAMSMText.from_dict(data, where)
     from stackgan_cli.text import TextEncoder  # the text package is heavy; only when needed
 
     try:

@@ -80,6 +80,11 @@ def no_text_encoder_message(bundle: GeneratorBundle, *, embedding_file: bool = T
     """Why ``bundle`` cannot read typed text, and the ways out (``--embedding-file`` named
     only where the command has it)."""
     kind = "an official state dict" if bundle.source == "official" else "trained without one"
+    if bundle.family.reads_words:
+        return (
+            f"{bundle.path} carries no text encoder ({kind}): give the DAMSM it was trained "
+            "with, e.g. --damsm DAMSMencoders/bird --vocabulary captions.pickle"
+        )
     message = (
         f"{bundle.path} carries no text encoder ({kind}): take one from a prepared dataset "
         f"with {OPTION} cub (after `stackgan prepare cub`)"

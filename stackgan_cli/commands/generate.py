@@ -100,6 +100,35 @@ def generate(
         ),
     ] = 8,
     text_encoder: TextEncoderOption = None,
+    damsm: Annotated[
+        Path | None,
+        typer.Option(
+            "--damsm",
+            metavar="PATH",
+            help="AttnGAN files: the DAMSM text encoder to read prompts with, replacing the "
+            "file's own: a DAMSM file (`stackgan train --arch damsm`) or an official "
+            "DAMSMencoders/<dataset> folder (with --vocabulary).",
+            show_default=False,
+        ),
+    ] = None,
+    vocabulary: Annotated[
+        Path | None,
+        typer.Option(
+            "--vocabulary",
+            metavar="captions.pickle",
+            help="With an official --damsm folder: the AttnGAN captions.pickle whose "
+            "vocabulary its encoders were trained with.",
+            show_default=False,
+        ),
+    ] = None,
+    attention: Annotated[
+        bool,
+        typer.Option(
+            "--attention",
+            help="AttnGAN files: also write PP_KK_attention.png, each sample beside the "
+            "attention map of every word at each attending stage.",
+        ),
+    ] = False,
     device: DeviceOption = Device.auto,
 ) -> None:
     """Generate images from text with a trained generator.
@@ -119,6 +148,9 @@ def generate(
       stackgan generate --ckpt netG_epoch_600.pth --embedding-file emb.npy "caption of row 0"
 
       stackgan generate "a small red bird" --ckpt netG_210000.pth --text-encoder cub -n 8
+
+      stackgan generate "a red bird with black wings" --ckpt bird_AttnGAN2.pth --damsm
+      DAMSMencoders/bird --vocabulary captions.pickle --attention
     """
     from stackgan_cli import generate as generation
     from stackgan_cli.console import out as console
@@ -138,6 +170,9 @@ def generate(
         device=device.value,
         size=size,
         text_encoder=text_encoder,
+        damsm=damsm,
+        vocabulary=vocabulary,
+        attention=attention,
     )
     if result.grid is not None:
         count = sum(len(row) for row in result.images) + sum(len(row) for row in result.sketches)
@@ -148,6 +183,14 @@ def generate(
             markup=False,
         )
         console.print(f"grid: {result.grid}", highlight=False, soft_wrap=True, markup=False)
+    if result.attention:
+        count = sum(len(row) for row in result.attention)
+        console.print(
+            f"attention figures: {count} (PP_KK_attention.png)",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
     if result.interpolation is not None:
         console.print(
             f"interpolation: {result.interpolation}", highlight=False, soft_wrap=True, markup=False

@@ -1,5 +1,5 @@
-"""``stackgan train``: train a StackGAN-v1 stage or the StackGAN-v2 tree with the official
-recipe."""
+"""``stackgan train``: train a StackGAN-v1 stage, the StackGAN-v2 tree or AttnGAN with the
+official recipe."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def train(
         Arch,
         typer.Option(
             help="v1: StackGAN-v1, one --stage per run; v2: StackGAN-v2 (StackGAN++), one tree "
-            "generator trained jointly at 64/128/256 px.",
+            "generator trained jointly at 64/128/256 px; attngan: AttnGAN (needs --damsm).",
         ),
     ] = Arch(_D.arch),
     branches: Annotated[
@@ -46,7 +46,7 @@ def train(
         typer.Option(
             min=1,
             max=3,
-            help="--arch v2: branches of the tree (1: 64 px, 2: up to 128, 3: up to 256). "
+            help="--arch v2/attngan: branches of the tree (1: 64 px, 2: up to 128, 3: up to 256). "
             "Default 3.",
             show_default=False,
         ),
@@ -84,7 +84,8 @@ def train(
         int | None,
         typer.Option(
             min=2,
-            help="Images per step (per process under torchrun). Default: 64 (v1), 24 (v2).",
+            help="Images per step (per process under torchrun). Default: 64 (v1), 24 (v2), "
+            "20 (attngan).",
             show_default=False,
         ),
     ] = None,
@@ -112,8 +113,13 @@ def train(
         ),
     ] = _D.lr_decay_every,
     kl_coeff: Annotated[
-        float, typer.Option(min=0.0, help="Weight of the KL term in the generator loss.")
-    ] = _D.kl_coeff,
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Weight of the KL term in the generator loss. Default: 2 (v1, v2), 1 (attngan).",
+            show_default=False,
+        ),
+    ] = None,
     loss: Annotated[
         str,
         typer.Option(
@@ -194,7 +200,7 @@ def train(
             min=0.0,
             max=0.999999,
             help="Decay of the moving average of G's parameters that samples and generator "
-            "files use (0 = none). Default: 0 (v1), 0.999 (v2).",
+            "files use (0 = none). Default: 0 (v1), 0.999 (v2, attngan).",
             show_default=False,
         ),
     ] = None,
@@ -207,6 +213,32 @@ def train(
             min=0.0, help="--arch v2: colour-consistency weight between branches (0 = off)."
         ),
     ] = _D.color_coeff,
+    damsm: Annotated[
+        Path | None,
+        typer.Option(
+            "--damsm",
+            metavar="PATH",
+            help="--arch attngan (required): the frozen DAMSM whose word and sentence features "
+            "G reads and whose matching loss enters G's: a DAMSM file or an official "
+            "DAMSMencoders/<dataset> folder (with --vocabulary).",
+            show_default=False,
+        ),
+    ] = None,
+    vocabulary: Annotated[
+        Path | None,
+        typer.Option(
+            "--vocabulary",
+            metavar="captions.pickle",
+            help="With an official --damsm folder: the captions.pickle of its vocabulary.",
+            show_default=False,
+        ),
+    ] = None,
+    damsm_weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0, help="--arch attngan: weight of the DAMSM terms in G's loss (LAMBDA)."
+        ),
+    ] = _D.damsm_weight,
     snapshot_every: Annotated[
         int, typer.Option(min=1, help="Keep checkpoints/epoch_NNNN.pt every N epochs.")
     ] = _D.snapshot_every,
@@ -242,8 +274,8 @@ def train(
         ),
     ] = _D.fast_layers,
 ) -> None:
-    """Train a StackGAN-v1 stage or the StackGAN-v2 tree; checkpoints, samples and metrics go
-    to the run directory.
+    """Train a StackGAN-v1 stage, the StackGAN-v2 tree or AttnGAN; checkpoints, samples and
+    metrics go to the run directory.
 
     Ctrl-C saves the run after the current step; `stackgan resume RUN_DIR` continues it.
     Under `torchrun --nproc-per-node N -m stackgan_cli train ...` it trains data-parallel.

@@ -9,6 +9,14 @@ a permutation
 on the device (the flip folded into the column indices), a cast and ``x / 127.5 - 1``: no
 Python loop over samples, no DataLoader worker, no host-device synchronisation.
 
+For families that read a caption's words (AttnGAN), the sampler also holds every caption's word
+ids (N, 10, L) and lengths (N, 10): a batch then carries the chosen captions' ids, cut down to
+``words_num`` words the official way (a random subset of the positions of a longer caption, in
+their order; attngan-spec.md 9), their padding mask and the images' class ids, and its rows are
+sorted by caption length, longest first (stable), as the official ``prepare_data`` sorts them.
+The word choice is drawn with the rest of the plan, after it, so plans without words are as
+before.
+
 Because the plan depends only on the generator's state at the start of the epoch, the sampler's
 state is that generator state plus the position (epoch, step); resuming mid-epoch redraws the
 same plan and continues at the same batch. Under DDP every rank draws the same plan and takes
@@ -49,6 +57,9 @@ class DeviceBatchSampler:
         rank: int = 0,
         world_size: int = 1,
         channels_last: bool = False,
+        words: tuple[np.ndarray | Tensor, np.ndarray | Tensor] | None = None,
+        class_ids: np.ndarray | Tensor | None = None,
+        words_num: int = 18,
     ) -> None:
         if images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != images.shape[2]:
             raise ValueError(f"images must be (N, L, L, 3), got {tuple(images.shape)}")
@@ -79,6 +90,21 @@ class DeviceBatchSampler:
             )
         self.images = _to_device(images, torch.uint8, self.device)
         self.embeddings = _to_device(embeddings, torch.float32, self.device)
+        self.words_num = int(words_num)
+        self.tokens = self.token_lengths = self.class_ids = None
+        if words is not None:
+            tokens, lengths = words
+            if tokens.shape[:2] != embeddings.shape[:2] or lengths.shape != tokens.shape[:2]:
+                raise ValueError(
+                    f"word ids {tuple(tokens.shape)} and lengths {tuple(lengths.shape)} must "
+                    f"be (N, captions, L) and (N, captions) with N, captions = "
+                    f"{tuple(embeddings.shape[:2])}"
+                )
+            self.tokens = _to_device(tokens, torch.int64, self.device)
+            self.token_lengths = _to_device(lengths, torch.int64, self.device)
+            self._positions = torch.arange(self.tokens.shape[2], device=self.device)
+        if class_ids is not None:
+            self.class_ids = _to_device(class_ids, torch.int64, self.device)
         self._offsets = torch.arange(self.image_size, device=self.device)
         self._generator = torch.Generator(device="cpu")
         self._generator.manual_seed(seed)
@@ -96,6 +122,10 @@ class DeviceBatchSampler:
         crops = torch.randint(0, self.load_size - self.image_size + 1, (used, 2), generator=g)
         flips = torch.randint(0, 2, (used,), generator=g, dtype=torch.bool)
         captions = torch.randint(0, self.num_captions, (used,), generator=g)
+        extra = {}
+        if self.tokens is not None:
+            # A random key per word position; a long caption keeps its words_num lowest keys.
+            extra["word_keys"] = torch.rand(used, self.tokens.shape[2], generator=g)
         # (steps, world, batch): rank r takes column r of every global batch.
         shape = (self.steps_per_epoch, self.world_size, self.batch_size)
         plan = {
@@ -104,6 +134,7 @@ class DeviceBatchSampler:
             "col": crops[:, 1].view(shape),
             "flip": flips.view(shape),
             "caption": captions.view(shape),
+            **{key: value.view(*shape, -1) for key, value in extra.items()},
         }
         pin = self.device.type == "cuda"
         self._plan = {
@@ -123,12 +154,42 @@ class DeviceBatchSampler:
         index = plan["index"][s]
         images = self._crop(index, plan["row"][s], plan["col"][s], plan["flip"][s])
         text = self.embeddings[index, plan["caption"][s]]
+        batch = Batch(images=images, text=text)
+        if self.tokens is not None:
+            batch = self._with_words(batch, index, plan["caption"][s], plan["word_keys"][s])
         self.step += 1
         if self.step == self.steps_per_epoch:
             self.epoch += 1
             self.step = 0
             self._plan = None
-        return Batch(images=images, text=text)
+        return batch
+
+    def _with_words(self, batch: Batch, index: Tensor, caption: Tensor, keys: Tensor) -> Batch:
+        """``batch`` with its captions' word ids (at most ``words_num`` each), mask and class
+        ids, rows sorted by caption length (longest first)."""
+        tokens = self.tokens[index, caption]  # (B, L)
+        lengths = self.token_lengths[index, caption]
+        valid = self._positions[None, :] < lengths[:, None]
+        kept = min(self.words_num, tokens.shape[1])
+        # The kept positions: a caption's own words (keys of padding are pushed past them),
+        # the lowest keys of a longer one; back in reading order.
+        picked = torch.where(valid, keys, keys + 2.0).topk(kept, dim=1, largest=False).indices
+        picked = picked.sort(dim=1).values
+        lengths = lengths.clamp(max=kept)
+        words = tokens.gather(1, picked)
+        order = torch.sort(lengths, descending=True, stable=True).indices
+        words, lengths = words[order], lengths[order]
+        longest = int(lengths[0]) if len(lengths) else 0
+        mask = self._positions[None, :longest] >= lengths[:, None]
+        words = words[:, :longest].masked_fill(mask, 0)
+        return Batch(
+            images=batch.images[order],
+            text=batch.text[order],
+            wrong=batch.wrong[order] if batch.wrong is not None else None,
+            tokens=words,
+            token_mask=mask,
+            class_ids=self.class_ids[index][order] if self.class_ids is not None else None,
+        )
 
     def _crop(self, index: Tensor, row: Tensor, col: Tensor, flip: Tensor) -> Tensor:
         """Images ``index`` cropped at (``row``, ``col``), flipped where ``flip``, in [-1, 1]."""

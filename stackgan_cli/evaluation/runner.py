@@ -11,6 +11,7 @@ import datetime as dt
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -154,7 +155,7 @@ class _Clock:
 
 def _generated_features(
     bundle: GeneratorBundle,
-    embeddings: np.ndarray,
+    split: Any,
     schedule: tuple[np.ndarray, np.ndarray],
     net: InceptionNet,
     *,
@@ -172,7 +173,7 @@ def _generated_features(
     feat_task = progress.add_task(f"{label}: Inception features", total=total)
     batches = generate_images(
         bundle,
-        embeddings,
+        split,
         *schedule,
         seed=seed,
         batch_size=batch_size,
@@ -280,7 +281,12 @@ def evaluate_generator(options: EvalOptions) -> dict:
     dataset = _load_dataset(options.dataset, bundle.dataset)
     test = dataset.split("test")
     embeddings = test.embeddings
-    if embeddings.ndim != 3 or embeddings.shape[2] != bundle.cfg.text_dim:
+    if bundle.family.reads_words:
+        if bundle.text_encoder is None:
+            from stackgan_cli.text_encoder_source import no_text_encoder_message
+
+            raise StackGANError(no_text_encoder_message(bundle, embedding_file=False))
+    elif embeddings.ndim != 3 or embeddings.shape[2] != bundle.cfg.text_dim:
         raise StackGANError(
             f"{dataset.name} has {embeddings.shape[-1]}-d text embeddings but {ckpt} expects "
             f"{bundle.cfg.text_dim}-d ones"
@@ -295,7 +301,7 @@ def evaluate_generator(options: EvalOptions) -> dict:
     with task_progress() as progress:
         logits, pool = _generated_features(
             bundle,
-            embeddings,
+            test,
             caption_schedule(len(test), options.num_samples),
             net,
             seed=options.seed,
@@ -309,7 +315,7 @@ def evaluate_generator(options: EvalOptions) -> dict:
         if options.diversity:
             _, diversity_pool = _generated_features(
                 bundle,
-                embeddings,
+                test,
                 diversity_schedule(len(test), DIVERSITY_GROUPS, DIVERSITY_GROUP_SIZE),
                 net,
                 seed=options.seed + 1,

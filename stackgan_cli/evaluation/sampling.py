@@ -9,6 +9,7 @@ every test image (and so every test class) evenly instead of only the first few 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ def diversity_schedule(
 
 def generate_images(
     bundle: GeneratorBundle,
-    embeddings: np.ndarray,
+    split: Any,
     image_idx: np.ndarray,
     caption_idx: np.ndarray,
     *,
@@ -52,10 +53,11 @@ def generate_images(
     device: torch.device,
     output: int | None = None,
 ) -> Iterator[Tensor]:
-    """Yield uint8 (B, 3, S, S) batches on ``device``, sample ``i`` conditioned on
-    ``embeddings[image_idx[i], caption_idx[i]]``. ``output`` (``Family.select_output``) is the
-    1-based output of the file's family to score (a StackGAN-v1 stage, a StackGAN-v2 branch);
-    default the largest.
+    """Yield uint8 (B, 3, S, S) batches on ``device``, sample ``i`` conditioned on caption
+    ``caption_idx[i]`` of image ``image_idx[i]`` of the prepared ``split`` (its embedding, or
+    what the family reads of it: ``Family.caption_text`` with the file's text encoder).
+    ``output`` (``Family.select_output``) is the 1-based output of the file's family to score
+    (a StackGAN-v1 stage, a StackGAN-v2 or AttnGAN branch); default the largest.
 
     All noise (z and the conditioning-augmentation eps, which the official generator samples in
     eval mode too) is drawn up front by the family from a CPU generator seeded with ``seed``,
@@ -68,7 +70,11 @@ def generate_images(
     with torch.no_grad():
         for start in range(0, len(image_idx), batch_size):
             rows = slice(start, start + batch_size)
-            text = np.ascontiguousarray(embeddings[image_idx[rows], caption_idx[rows]])
-            text = torch.from_numpy(text).to(device=device, dtype=torch.float32)
+            images_of, captions_of = image_idx[rows], caption_idx[rows]
+            rows_embedded = np.ascontiguousarray(split.embeddings[images_of, captions_of])
+            texts = [split.captions[i][j] for i, j in zip(images_of, captions_of, strict=True)]
+            text = family.caption_text(
+                texts, torch.from_numpy(rows_embedded).float(), bundle.text_encoder
+            ).to(device)
             images = family.sample(generator, text, noise.select(rows).to(device), upto=output)
             yield to_uint8(images[-1])

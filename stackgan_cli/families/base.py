@@ -167,6 +167,15 @@ class Family(ABC):
         of ``text`` and ``noise`` (on the generator's device), with the fixed CA noise. Calls
         the modules' ``forward`` (a torch.compile'd call would recompile for eval mode)."""
 
+    # Whether the generator reads a caption's words (a DAMSM's WordFeatures, from --damsm)
+    # rather than one embedding per caption (a char-CNN-RNN-space text encoder or .npy file).
+    reads_words: ClassVar[bool] = False
+
+    def blend_text(self, start: Tensor, end: Tensor, weights: Tensor) -> Tensor:
+        """``(1 - t) start + t end`` for each weight t of ``weights`` (S, 1), of two one-row
+        conditionings (--interpolate)."""
+        return (1.0 - weights) * start.reshape(1, -1) + weights * end.reshape(1, -1)
+
     def generation_batch(self, output: int) -> int:
         """Samples per forward pass when making output ``output`` (bounds memory)."""
         return 64 if self.output_sizes()[output - 1] <= 64 else 16
@@ -231,9 +240,41 @@ class Family(ABC):
         """The module whose call gives ``netD``'s image features."""
         return netD
 
+    def caption_words(self, split: Any) -> tuple[Any, Any] | None:
+        """For a family that reads a caption's words: the word ids (N, 10, L) int64 and lengths
+        (N, 10) of a prepared split's captions, which the sampler then puts in each batch;
+        None (the default) for families that read embeddings only."""
+        return None
+
+    def condition_of(self, batch: Batch) -> Any:
+        """What the generator reads of a training batch: its caption embeddings by default."""
+        return batch.text
+
     @abstractmethod
-    def generate(self, netG: Callable, text: Tensor, noise: Tensor) -> GeneratorOutput:
-        """The training forward: random CA noise, the images each discriminator judges."""
+    def generate(self, netG: Callable, text: Any, noise: Tensor) -> GeneratorOutput:
+        """The training forward of :meth:`condition_of`'s ``text``: random CA noise, the images
+        each discriminator judges."""
+
+    def discriminator_condition(self, output: GeneratorOutput) -> Tensor:
+        """What the discriminators judge images against: the conditioning mean (detached)."""
+        return output.mu.detach().float()
+
+    def caption_text(
+        self, captions: list[str], embeddings: Tensor, text_encoder: Any = None
+    ) -> Any:
+        """The conditioning of dataset captions (a sample grid's rows, evaluation samples) from
+        their texts and their (rows, D) dataset embeddings, indexable by row like a tensor:
+        the embeddings by default. ``text_encoder`` is a generator file's (None: the one the
+        family trains with)."""
+        return embeddings
+
+    def text_encoder_entry(self, dataset: Any) -> Any:
+        """The text encoder a generator file of a run carries: the dataset's by default."""
+        return dataset.text_encoder_dict()
+
+    def to(self, device: torch.device) -> Family:
+        """Move what the family itself holds for training (e.g. frozen encoders) to ``device``."""
+        return self
 
     def real_views(self, batch: Batch) -> list[RealView]:
         """The real batch as each discriminator sees it."""

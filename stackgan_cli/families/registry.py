@@ -1,9 +1,9 @@
 """The registry of model families: what each one is, read without torch.
 
 A family is one kind of model from training to generation: StackGAN-v1 Stage I, StackGAN-v1
-Stage II, the StackGAN-v2 tree. Its entry here says what it is (the key generator files name
-it by, the ``--arch``/``--stage`` a run trains it with, its titles, run-folder prefix and
-official recipe) and where its implementation lives; :meth:`FamilySpec.load` imports that
+Stage II, the StackGAN-v2 tree, AttnGAN. Its entry here says what it is (the key generator
+files name it by, the ``--arch``/``--stage`` a run trains it with, its titles, run-folder
+prefix and official recipe) and where its implementation lives; :meth:`FamilySpec.load` imports that
 implementation (a :class:`stackgan_cli.families.base.Family` subclass, with torch) on first
 use. So ``stackgan runs`` and ``--help`` ask the registry and never import torch, and a new
 family is one entry here and one module beside this one.
@@ -23,11 +23,11 @@ def _v1_run_label(spec: FamilySpec, train: Mapping[str, Any]) -> str:
     return f"v1 stage {spec.stage}"
 
 
-def _v2_run_label(spec: FamilySpec, train: Mapping[str, Any]) -> str:
+def _tree_run_label(spec: FamilySpec, train: Mapping[str, Any]) -> str:
     branches = train.get("branches")
     if isinstance(branches, bool) or not isinstance(branches, int):
-        return "v2"
-    return f"v2 {branches} {'branch' if branches == 1 else 'branches'}"
+        return spec.arch
+    return f"{spec.arch} {branches} {'branch' if branches == 1 else 'branches'}"
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,25 @@ FAMILIES: dict[str, FamilySpec] = {
             implementation="stackgan_cli.families.stackgan_v2:StackGANv2",
             # stackgan-v2-spec.md 1: batch 24, the parameter average 0.999 (no stages)
             train_defaults={"stage": None, "branches": 3, "batch_size": 24, "ema": 0.999},
-            run_label=_v2_run_label,
+            run_label=_tree_run_label,
+        ),
+        FamilySpec(
+            key="attngan",
+            arch="attngan",
+            stage=None,
+            title="AttnGAN",
+            run_prefix="attngan",
+            default_preset="birds-attngan",
+            implementation="stackgan_cli.families.attngan:AttnGAN",
+            # attngan-spec.md 8.2: batch 20, the parameter average 0.999, three branches, KL 1
+            train_defaults={
+                "stage": None,
+                "branches": 3,
+                "batch_size": 20,
+                "ema": 0.999,
+                "kl_coeff": 1.0,
+            },
+            run_label=_tree_run_label,
         ),
     )
 }

@@ -101,7 +101,10 @@ class StackGANv2(Family):
 
     @classmethod
     def recognises_official(cls, state: Mapping[str, Tensor]) -> bool:
-        return any(key.startswith("h_net1.") for key in state)
+        # AttnGAN's generator has the same first stage; its later stages attend (".att.").
+        return any(key.startswith("h_net1.") for key in state) and not any(
+            ".att." in key for key in state
+        )
 
     @classmethod
     def from_official(cls, state: Mapping[str, Tensor], name: str) -> tuple[Family, nn.Module]:
@@ -152,7 +155,8 @@ class StackGANv2(Family):
         if batch.wrong is None:
             raise ValueError("StackGAN-v2 batches carry wrong images (WrongImageSampler)")
         return [
-            RealView(_resize(batch.images, size), _resize(batch.wrong, size)) for size in self.sizes
+            RealView(resize_images(batch.images, size), resize_images(batch.wrong, size))
+            for size in self.sizes
         ]
 
     @property
@@ -219,7 +223,8 @@ class StackGANv2(Family):
         return {"color": total}
 
 
-def _resize(images: Tensor, size: int) -> Tensor:
+def resize_images(images: Tensor, size: int) -> Tensor:
+    """``images`` at ``size`` px: bilinear, antialiased when shrinking, same memory format."""
     if images.shape[-1] == size:
         return images
     resized = F.interpolate(

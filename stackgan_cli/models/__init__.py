@@ -1,5 +1,5 @@
-"""The StackGAN networks (official StackGAN-Pytorch and StackGAN-v2 layouts), their
-configuration and builders.
+"""The StackGAN networks (official StackGAN-Pytorch, StackGAN-v2 and AttnGAN layouts, with the
+DAMSM encoders), their configuration and builders.
 
 Losses live in :mod:`stackgan_cli.models.losses`, the official checkpoint import in
 :mod:`stackgan_cli.models.official` and :mod:`stackgan_cli.models.official_v2`.
@@ -19,6 +19,11 @@ _HOMES = {
     "PRESETS": "config",
     "ModelConfig": "config",
     "image_size": "config",
+    "AttnGANDiscriminator": "attngan",
+    "AttnGANGenerator": "attngan",
+    "WordAttention": "attngan",
+    "DAMSMImageEncoder": "damsm",
+    "DAMSMTextEncoder": "damsm",
     "ConditioningAugmentation": "layers",
     "DiscriminatorHead": "layers",
     "ResBlock": "layers",
@@ -32,6 +37,7 @@ _HOMES = {
     "build_generator": "builders",
     "init_weights": "init",
     "init_weights_v2": "init",
+    "init_weights_attngan": "init",
 }
 
 __all__ = sorted(_HOMES)

@@ -35,6 +35,7 @@ class ModelConfig:
     r_num: int = 4  # residual blocks in Stage-II G (unused by Stage I)
     text_dim: int = 1024  # text embedding dimension
     branch_num: int = 3  # StackGAN-v2 only: generator branches (64, 128, 256 px); v1 ignores it
+    word_dim: int = 300  # AttnGAN only: the DAMSM text encoder's word-embedding size
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -57,20 +58,21 @@ class ModelConfig:
             raise ValueError(f"unknown model preset {name!r} (known: {known})") from None
 
     def to_dict(self) -> dict[str, int]:
-        """Plain dict of the six widths (JSON- and ``weights_only``-safe)."""
+        """Plain dict of the widths (JSON- and ``weights_only``-safe)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`; every field must be present, unknown keys are rejected.
 
-        ``branch_num`` may be absent (files written before it existed) and then takes its default.
+        ``branch_num`` and ``word_dim`` may be absent (files written before they existed) and then
+        take their defaults.
         Raises StackGANError, since the dict normally comes from a file.
         """
         if not isinstance(data, Mapping):
             raise StackGANError(f"model configuration must be a mapping, got {type(data).__name__}")
         names = [field.name for field in dataclasses.fields(cls)]
-        optional = {"branch_num"}  # fields added after configurations were first saved
+        optional = {"branch_num", "word_dim"}  # fields added after configurations were first saved
         missing = [name for name in names if name not in data and name not in optional]
         unknown = [str(key) for key in data if key not in names]
         if missing or unknown:
@@ -91,6 +93,17 @@ PRESETS: dict[str, ModelConfig] = {
     "coco": ModelConfig(gf_dim=192, df_dim=96, r_num=2),
     # StackGAN-v2 (StackGAN++) birds, birds_3stages.yml
     "birds-v2": ModelConfig(gf_dim=64, df_dim=64, r_num=2, branch_num=3),
+    # AttnGAN birds, bird_attn2.yml; text_dim is the DAMSM feature size, word_dim its words'
+    "birds-attngan": ModelConfig(
+        gf_dim=32,
+        df_dim=64,
+        z_dim=100,
+        condition_dim=100,
+        r_num=2,
+        text_dim=256,
+        branch_num=3,
+        word_dim=300,
+    ),
 }
 
 

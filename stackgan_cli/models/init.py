@@ -1,5 +1,5 @@
-"""The official weight initialisations: StackGAN-v1 (stackgan-pytorch-spec.md 3.9) and StackGAN-v2
-(stackgan-v2-spec.md 4)."""
+"""The official weight initialisations: StackGAN-v1 (stackgan-pytorch-spec.md 3.9), StackGAN-v2
+(stackgan-v2-spec.md 4) and AttnGAN (attngan-spec.md 8.2, the same as StackGAN-v2's)."""
 
 from __future__ import annotations
 
@@ -61,3 +61,12 @@ def init_weights_v2(module: nn.Module) -> nn.Module:
     takes tens of seconds on a few CPU cores, so build large networks on the GPU (``with
     torch.device("cuda"):``) or on the meta device when weights will be loaded anyway."""
     return module.apply(_init_module_v2)
+
+
+def init_weights_attngan(module: nn.Module) -> nn.Module:
+    """The AttnGAN initialisation of the generator and discriminators (attngan-spec.md 8.2):
+    its ``weights_init`` is StackGAN-v2's (orthogonal conv and linear weights with gain 1, the
+    attention's 1x1 conv included; linear biases 0; BatchNorm weights N(1, 0.02) and biases 0;
+    the 4x4 logit convs keep torch's default bias), so this is :func:`init_weights_v2` under
+    the name the AttnGAN networks use. Returns ``module``."""
+    return init_weights_v2(module)

@@ -200,3 +200,12 @@ def kl_loss(mu: Tensor, logvar: Tensor) -> Tensor:
     mu = mu.float()
     logvar = logvar.float()
     return -0.5 * torch.mean(1.0 + logvar - mu.pow(2) - logvar.exp())
+
+
+# The AttnGAN and DAMSM losses live in their own module; re-exported here with the others.
+from stackgan_cli.models.losses_attngan import (  # noqa: E402, F401
+    attngan_discriminator_loss,
+    attngan_generator_loss,
+    damsm_sentence_loss,
+    damsm_word_loss,
+)

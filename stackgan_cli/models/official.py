@@ -164,7 +164,7 @@ def _infer_config(state: Mapping[str, Tensor], name: str) -> tuple[int, ModelCon
                 f"{name} fits no StackGAN generator layout (Stage-II gf_dim {encoder_out} "
                 f"differs from its Stage-I gf_dim {gf_dim})"
             )
-    v1_presets = (p for key, p in PRESETS.items() if not key.endswith("-v2"))
+    v1_presets = (p for key, p in PRESETS.items() if not key.endswith(("-v2", "-attngan")))
     base = next((p for p in v1_presets if p.gf_dim == gf_dim), None)
     df_dim = base.df_dim if base else max(1, gf_dim // 2)
     r_num_default = base.r_num if base else ModelConfig().r_num

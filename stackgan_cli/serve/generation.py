@@ -84,8 +84,15 @@ class LoadedGenerator:
         if encoder is not None:
             use_text_encoder(bundle, encoder, text_encoder)
         loaded = cls(bundle, torch_device)
-        loaded.generate(["a warm up caption"], n=1, seed=0)
+        loaded.generate([loaded.warm_up_caption()], n=1, seed=0)
         return loaded
+
+    def warm_up_caption(self) -> str:
+        """A caption the file's text encoder reads: any text, or for a DAMSM (AttnGAN) one of
+        its vocabulary's words, which it must know."""
+        if self.bundle.family.reads_words:
+            return self.bundle.text_encoder.vocabulary.words[1]
+        return "a warm up caption"
 
     @property
     def sizes(self) -> tuple[int, ...]:

@@ -95,6 +95,7 @@ def build_training_parts(
     with their optimizers, average and step; under torchrun (``ctx``) wrapped for DDP."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    family.to(device)
     netG, netDs = family.build_networks(stage1_state)
     frozen = family.frozen_modules(netG)
     # --init other than official; a family's frozen parts keep their weights.
@@ -163,19 +164,24 @@ def build_sampler(
     name: str = "the dataset",
 ) -> DeviceBatchSampler:
     """The device-resident sampler of a prepared split (``images(size)``, ``embeddings``,
-    ``class_ids``) at the family's training size; with the wrong images it draws apart."""
+    ``class_ids``) at the family's training size; with the wrong images it draws apart, or
+    the captions' words (:meth:`Family.caption_words`) for a family that reads them."""
     if len(split) < batch_size * world_size:
         raise StackGANError(
             f"--batch-size {batch_size} x {world_size} process(es) is more than the "
             f"{len(split)} training images of {name}"
         )
-    sampler_class, extra = DeviceBatchSampler, ()
+    sampler_class, extra, words = DeviceBatchSampler, (), {}
     if family.wrong_images:
         sampler_class, extra = WrongImageSampler, (split.class_ids,)
+    caption_words = family.caption_words(split)
+    if caption_words is not None:
+        words = {"words": caption_words, "class_ids": split.class_ids}
     return sampler_class(
         split.images(family.load_size),
         split.embeddings,
         *extra,
+        **words,
         image_size=family.image_size,
         batch_size=batch_size,
         device=device,

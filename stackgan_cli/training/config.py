@@ -32,6 +32,11 @@ class TrainConfig:
     branches: int | None = None  # v2: 1, 2 or 3 branches (64, 128, 256 px); v1: None
     uncond_coeff: float = 1.0  # v2: weight of the unconditional D/G terms (UNCOND_LOSS)
     color_coeff: float = 0.0  # v2: colour-consistency weight (COLOR_LOSS; 0 = off for birds)
+    # AttnGAN: the frozen DAMSM (a DAMSM file, or an official DAMSMencoders folder with the
+    # captions.pickle of its vocabulary) and the weight of its terms in G's loss (LAMBDA).
+    damsm: str | None = None
+    vocabulary: str | None = None
+    damsm_weight: float = 5.0
     # Moving average of G's parameters after every G step (0 = none, the v1 recipe; v2: 0.999).
     # Samples and generator files use the average; training continues from the trained weights.
     ema: float = 0.0

@@ -262,7 +262,7 @@ class Trainer:
             self.files.write_generator(
                 self.netG,
                 self.family,
-                text_encoder=self.dataset.text_encoder_dict(),
+                text_encoder=self.family.text_encoder_entry(self.dataset),
                 dataset=self.dataset.name,
                 epoch=self.sampler.epoch,
                 g_norm=self.cfg.g_norm,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ class SampleSheet:
     """The fixed inputs of a run's sample grids."""
 
     captions: list[str]  # one per row
-    embeddings: Tensor  # (rows, D)
+    embeddings: Any  # (rows, D), or what the family's generator reads (Family.caption_text)
     noise: SampleNoise  # one sample per column, the same in every row
 
 
@@ -47,9 +48,11 @@ def make_sample_sheet(
     count = len(captions)
     picks = sorted({int(round(x)) for x in np.linspace(0, count - 1, min(rows, count))})
     chosen = [(i, k % len(captions[i])) for k, i in enumerate(picks)]
+    texts = [captions[i][j] for i, j in chosen]
+    rows_embedded = torch.stack([torch.as_tensor(np.asarray(embeddings[i, j])) for i, j in chosen])
     return SampleSheet(
-        captions=[captions[i][j] for i, j in chosen],
-        embeddings=torch.stack([torch.as_tensor(np.asarray(embeddings[i, j])) for i, j in chosen]),
+        captions=texts,
+        embeddings=family.caption_text(texts, rows_embedded),
         noise=family.draw_noise(cols, seed + _SHEET_SEED_OFFSET),
     )
 
@@ -69,8 +72,8 @@ def render_samples(
     rows = []
     noise = sheet.noise.to(device)
     try:
-        for embedding in sheet.embeddings:
-            text = embedding.to(device).expand(len(noise), -1)
+        for row in range(len(sheet.captions)):
+            text = sheet.embeddings[torch.full((len(noise),), row)].to(device)
             with autocast():
                 outputs = family.sample(netG, text, noise)
             if not family.sheet_shows_every_output:

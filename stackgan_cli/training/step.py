@@ -182,10 +182,11 @@ class GANStep:
     def __call__(self, batch: Batch) -> Tensor:
         family, loss = self.family, self.loss
         noise = torch.randn(len(batch), self.z_dim, device=self.device)
+        text = family.condition_of(batch)
         with self.autocast():
-            output = family.generate(self._g_route, batch.text, noise)
+            output = family.generate(self._g_route, text, noise)
         fakes, mu, logvar = output.images, output.mu, output.logvar
-        conditions = mu.detach().float()
+        conditions = family.discriminator_condition(output)
 
         errors_d, parts = [], []
         real_views = family.real_views(batch)

@@ -1,0 +1,42 @@
+"""AttnGAN's attention figure: where each word of the caption looked, stage by stage.
+
+One row per attending stage: the image that stage made, then the same image lit by each word's
+attention map (the map upsampled bilinearly to the image and scaled so its peak is full
+brightness), each column labelled with its word, the caption beneath, as in the AttnGAN
+paper's figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from stackgan_cli.imaging import enlarge, strip
+
+DIM = 0.15  # brightness of a pixel no word attended to, so the image stays readable
+
+
+def attention_figure(
+    images: Sequence[Tensor], maps: Sequence[Tensor], words: Sequence[str], caption: str
+) -> Image.Image:
+    """The figure of one sample: ``images`` its outputs (3, S_k, S_k) smallest first,
+    ``maps`` the attention of each attending stage (T, s_k, s_k), T >= len(words); stage k's
+    maps belong to output k + 1. Rows are drawn at the largest output's side."""
+    if len(maps) != len(images) - 1 or not maps:
+        raise ValueError(f"{len(images)} outputs need {len(images) - 1} attention maps")
+    if not words or any(attention.shape[0] < len(words) for attention in maps):
+        raise ValueError(f"{len(words)} words for maps of {[m.shape[0] for m in maps]}")
+    size = images[-1].shape[-1]
+    rows = []
+    for stage, attention in enumerate(maps, start=1):
+        image = enlarge(images[stage].float().cpu()[None], size)[0]
+        weights = attention[: len(words)].float().cpu()[None]
+        weights = F.interpolate(weights, size=(size, size), mode="bilinear", align_corners=False)[0]
+        weights = weights / weights.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+        lit = (image[None] + 1.0) * (DIM + (1.0 - DIM) * weights[:, None]) - 1.0
+        rows.append(torch.cat([image[None], lit]))
+    return strip(torch.stack(rows), ["image", *words], caption=caption)
