@@ -473,3 +473,29 @@ def test_interpolation_and_serve_work_for_attngan_files(trained, tmp_path, monke
     assert loaded.describe()["family"] == "attngan" and loaded.sizes == (64, 128, 256)
     result = loaded.generate(["train bird 3"], n=2, seed=1, size=128, stages=True)
     assert result.images.shape == (1, 2, 3, 128, 128) and result.smaller[0].shape[-1] == 64
+
+
+@pytest.mark.parametrize("branches", ["1", "2"])
+def test_smaller_trees_train_and_generate(trained, tmp_path, monkeypatch, branches):
+    monkeypatch.setenv("STACKGAN_HOME", str(trained["home"]))
+    out = tmp_path / "attn.pt"
+    run_cli(
+        attngan_args(tmp_path / "run", trained["damsm"], "--branches", branches, "--out", str(out))
+    )
+    bundle = load_generator_file(out)
+    assert bundle.family.output_sizes() == (64, 128)[: int(branches)]
+    run_cli(["generate", "train bird", "-n", "1", "--ckpt", str(out), "--out", str(tmp_path / "g")])
+
+
+def test_serve_loads_the_released_layout(official_release, isolated_cache):
+    from stackgan_cli.serve.generation import LoadedGenerator
+
+    release = official_release
+    loaded = LoadedGenerator.load(
+        release["root"] / "bird_AttnGAN2.pth",
+        device="cpu",
+        damsm=release["folder"],
+        vocabulary=release["root"] / "captions.pickle",
+    )
+    assert loaded.describe()["source"] == "official"
+    assert loaded.generate(["train bird 3"], n=1, seed=0).images.shape == (1, 1, 3, 256, 256)

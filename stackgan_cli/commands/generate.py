@@ -9,10 +9,12 @@ import typer
 
 from stackgan_cli.commands.options import (
     CkptOption,
+    DamsmOption,
     DeviceOption,
     SeedOption,
     SizeOption,
     TextEncoderOption,
+    VocabularyOption,
 )
 from stackgan_cli.devices import Device
 from stackgan_cli.limits import MAX_SAMPLES, MAX_STEPS
@@ -100,27 +102,8 @@ def generate(
         ),
     ] = 8,
     text_encoder: TextEncoderOption = None,
-    damsm: Annotated[
-        Path | None,
-        typer.Option(
-            "--damsm",
-            metavar="PATH",
-            help="AttnGAN files: the DAMSM text encoder to read prompts with, replacing the "
-            "file's own: a DAMSM file (`stackgan train --arch damsm`) or an official "
-            "DAMSMencoders/<dataset> folder (with --vocabulary).",
-            show_default=False,
-        ),
-    ] = None,
-    vocabulary: Annotated[
-        Path | None,
-        typer.Option(
-            "--vocabulary",
-            metavar="captions.pickle",
-            help="With an official --damsm folder: the AttnGAN captions.pickle whose "
-            "vocabulary its encoders were trained with.",
-            show_default=False,
-        ),
-    ] = None,
+    damsm: DamsmOption = None,
+    vocabulary: VocabularyOption = None,
     attention: Annotated[
         bool,
         typer.Option(

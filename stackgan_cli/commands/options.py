@@ -77,6 +77,31 @@ TextEncoderOption = Annotated[
 ]
 """``--text-encoder DATASET|FILE`` (generate, serve)."""
 
+DamsmOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--damsm",
+        metavar="PATH",
+        help="AttnGAN files: the DAMSM text encoder to read prompts with, replacing the file's "
+        "own: a DAMSM file (`stackgan train --arch damsm`) or an official "
+        "DAMSMencoders/<dataset> folder (with --vocabulary).",
+        show_default=False,
+    ),
+]
+"""``--damsm PATH`` (generate, serve)."""
+
+VocabularyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--vocabulary",
+        metavar="captions.pickle",
+        help="With an official --damsm folder: the AttnGAN captions.pickle whose vocabulary "
+        "its encoders were trained with.",
+        show_default=False,
+    ),
+]
+"""``--vocabulary captions.pickle`` (generate, serve)."""
+
 ForceOption = Annotated[
     bool, typer.Option("--force", help="Prepare again even if the dataset is already prepared.")
 ]

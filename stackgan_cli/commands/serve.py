@@ -6,7 +6,13 @@ from typing import Annotated
 
 import typer
 
-from stackgan_cli.commands.options import CkptOption, DeviceOption, TextEncoderOption
+from stackgan_cli.commands.options import (
+    CkptOption,
+    DamsmOption,
+    DeviceOption,
+    TextEncoderOption,
+    VocabularyOption,
+)
 from stackgan_cli.devices import Device
 
 
@@ -24,6 +30,8 @@ def serve(
         int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")
     ] = 8000,
     text_encoder: TextEncoderOption = None,
+    damsm: DamsmOption = None,
+    vocabulary: VocabularyOption = None,
     device: DeviceOption = Device.auto,
 ) -> None:
     """Open a web page to type captions, generate images and browse the runs.
@@ -39,7 +47,18 @@ def serve(
       stackgan serve --port 8080
 
       stackgan serve --ckpt netG_210000.pth --text-encoder cub
+
+      stackgan serve --ckpt bird_AttnGAN2.pth --damsm DAMSMencoders/bird --vocabulary
+      captions.pickle
     """
     from stackgan_cli.serve.server import serve as run_server
 
-    run_server(ckpt, host=host, port=port, device=device.value, text_encoder=text_encoder)
+    run_server(
+        ckpt,
+        host=host,
+        port=port,
+        device=device.value,
+        text_encoder=text_encoder,
+        damsm=damsm,
+        vocabulary=vocabulary,
+    )

@@ -166,6 +166,12 @@ class AttnGAN(Family):
             self.damsm.image_encoder.to(device).eval().requires_grad_(False)
         return self
 
+    @property
+    def image_size(self) -> int:
+        # As StackGAN-v2: one branch crops 64 from 76; more branches crop 256 from 304 and
+        # shrink that crop to each branch's size (a 128 px tree's 152 px images are not stored).
+        return 64 if self.cfg.branch_num == 1 else 256
+
     def _trained_damsm(self) -> Any:
         if self.damsm is None:
             raise StackGANError("training AttnGAN needs its DAMSM (Family.for_training)")

@@ -64,13 +64,17 @@ def create_app(
     allowed_hosts: Sequence[str] | None = None,
     model: LoadedGenerator | None = None,
     text_encoder: str | Path | None = None,
+    damsm: str | Path | None = None,
+    vocabulary: str | Path | None = None,
 ) -> FastAPI:
     """The web app serving generator file ``ckpt`` (default: the newest in the cache's runs),
     loaded now onto ``device``, or an already loaded ``model``. ``runs_dir`` is the folder of
     the runs view (default: the cache's runs/). ``allowed_hosts`` restricts the Host header
     (against DNS rebinding when bound to the loopback); None accepts any. ``text_encoder``
-    replaces the file's own (``--text-encoder``)."""
-    model = model if model is not None else LoadedGenerator.load(ckpt, device, text_encoder)
+    replaces the file's own (``--text-encoder``; for AttnGAN files ``damsm`` and
+    ``vocabulary``, ``--damsm``)."""
+    if model is None:
+        model = LoadedGenerator.load(ckpt, device, text_encoder, damsm=damsm, vocabulary=vocabulary)
     app = FastAPI(
         title="stackgan",
         version=__version__,

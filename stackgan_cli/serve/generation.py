@@ -71,18 +71,30 @@ class LoadedGenerator:
         ckpt: Path | None = None,
         device: str = "auto",
         text_encoder: str | Path | None = None,
+        *,
+        damsm: str | Path | None = None,
+        vocabulary: str | Path | None = None,
     ) -> LoadedGenerator:
         """Load ``ckpt`` (default: the newest generator in the cache's runs) and run it once,
         so that the first request does not pay for the first-call set-up. ``text_encoder``
-        (``--text-encoder DATASET|FILE``) replaces the file's own encoder."""
+        (``--text-encoder DATASET|FILE``), or for an AttnGAN file ``damsm`` (``--damsm``, an
+        official folder with its ``vocabulary``), replaces the file's own encoder."""
+        from stackgan_cli.damsm_file import load_damsm
+        from stackgan_cli.generate import check_text_options, use_damsm_text
         from stackgan_cli.text_encoder_source import load_text_encoder, use_text_encoder
 
+        if vocabulary is not None and damsm is None:
+            raise StackGANError("--vocabulary goes with --damsm (an official DAMSMencoders folder)")
         encoder = load_text_encoder(text_encoder) if text_encoder is not None else None
+        words = load_damsm(damsm, vocabulary, image_encoder=False).text if damsm else None
         torch_device = pick_device(device)
         path = newest_generator() if ckpt is None else Path(ckpt)
         bundle = load_generator_file(path, device=torch_device)
+        check_text_options(bundle, text_encoder, damsm, None, False)
         if encoder is not None:
             use_text_encoder(bundle, encoder, text_encoder)
+        if words is not None:
+            use_damsm_text(bundle, words, damsm)
         loaded = cls(bundle, torch_device)
         loaded.generate([loaded.warm_up_caption()], n=1, seed=0)
         return loaded

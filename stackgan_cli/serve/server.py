@@ -72,9 +72,12 @@ def serve(
     port: int = 8000,
     device: str = "auto",
     text_encoder: str | Path | None = None,
+    damsm: str | Path | None = None,
+    vocabulary: str | Path | None = None,
 ):
     """Everything ``stackgan serve`` does: load the generator once (with ``text_encoder``, see
-    ``--text-encoder``, replacing its own), print the URL and serve until Ctrl-C."""
+    ``--text-encoder``, or for AttnGAN files ``damsm`` and its ``vocabulary``, replacing its
+    own), print the URL and serve until Ctrl-C."""
     require_extra()
     import uvicorn
 
@@ -84,7 +87,14 @@ def serve(
     loopback = is_loopback(host)
     # On the loopback only requests naming this machine are answered (DNS rebinding).
     allowed = [*LOOPBACK_NAMES, "[::1]", host] if loopback else None
-    app = create_app(ckpt, device=device, allowed_hosts=allowed, text_encoder=text_encoder)
+    app = create_app(
+        ckpt,
+        device=device,
+        allowed_hosts=allowed,
+        text_encoder=text_encoder,
+        damsm=damsm,
+        vocabulary=vocabulary,
+    )
     model = app.state.model.describe()
     info(f"serving {model['path']} ({model['label']}, {model['device']})")
     if not loopback:
