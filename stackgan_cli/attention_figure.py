@@ -1,8 +1,8 @@
 """AttnGAN's attention figure: where each word of the caption looked, stage by stage.
 
 One row per attending stage: the image that stage made, then the same image lit by each word's
-attention map (the map upsampled bilinearly to the image and scaled so its peak is full
-brightness), each column labelled with its word, the caption beneath, as in the AttnGAN
+attention map (the map upsampled bilinearly to the image and scaled from its least to its most
+attended pixel, as the AttnGAN code draws them), each column labelled with its word, the caption beneath, as in the AttnGAN
 paper's figures.
 """
 
@@ -36,7 +36,9 @@ def attention_figure(
         image = enlarge(images[stage].float().cpu()[None], size)[0]
         weights = attention[: len(words)].float().cpu()[None]
         weights = F.interpolate(weights, size=(size, size), mode="bilinear", align_corners=False)[0]
-        weights = weights / weights.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+        low = weights.amin(dim=(1, 2), keepdim=True)
+        span = (weights.amax(dim=(1, 2), keepdim=True) - low).clamp_min(1e-12)
+        weights = (weights - low) / span
         lit = (image[None] + 1.0) * (DIM + (1.0 - DIM) * weights[:, None]) - 1.0
         rows.append(torch.cat([image[None], lit]))
     return strip(torch.stack(rows), ["image", *words], caption=caption)
