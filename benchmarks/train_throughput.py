@@ -29,6 +29,19 @@ from the same initial weights, then prints a summary line with the speed-up.
 
     python benchmarks/train_throughput.py --arch v2 --compare --rounds 2 --steps 6
     python benchmarks/train_throughput.py --arch v2 --device cuda --batch-size 24 --compare
+
+``--arch attngan`` measures AttnGAN at the birds widths (``ModelConfig.preset("birds-attngan")``,
+``--branches`` 3, batch 4 by default, a random DAMSM made in a temporary folder): the official
+AttnGAN iteration restated around our networks (``--official``) or the parts ``stackgan train
+--arch attngan`` builds (benchmarks/attngan_bench.py). ``--breakdown`` adds the time of each part
+of the iteration (text encoder, G forward, each D step, the G step's parts with the DAMSM image
+encoder's forward and backward apart); ``--profile`` torch.profiler's top operators;
+``--experiment NAME`` a monkeypatched variant of the frozen image encoder (or of G's memory
+format), for a measurement only (with ``--compare``: a third configuration, the training
+default with it).
+
+    python benchmarks/train_throughput.py --arch attngan --compare --rounds 2 --steps 3 --breakdown
+    python benchmarks/train_throughput.py --arch attngan --branches 1 --official --steps 3
 """
 
 from __future__ import annotations
@@ -58,11 +71,13 @@ from stackgan_cli.training.config import TrainConfig
 from stackgan_cli.training.step import make_optimizers
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import attngan_bench  # noqa: E402  (benchmarks/attngan_bench.py)
 import v2_bench  # noqa: E402  (benchmarks/v2_bench.py)
 
 # stackgan-pytorch-spec.md section 9's CPU measurements of the official code
 DEFAULT_BATCH = {1: 16, 2: 4}
 V2_DEFAULT_BATCH = 4  # StackGAN-v2, 3 branches (256 px) on the CPU
+ATTNGAN_DEFAULT_BATCH = 4  # AttnGAN, 3 branches, on the CPU (the recipe's 20 by --batch-size)
 OFFICIAL_CPU_IMAGES_PER_S = {1: 9.5, 2: 0.48}  # stackgan-pytorch-spec.md section 9, idle 2-core CPU
 # Dense peak FLOP/s by GPU name fragment: (bf16 tensor cores, TF32 tensor cores).
 PEAK_FLOPS = {"H100": (989.4e12, 494.7e12), "H200": (989.4e12, 494.7e12), "A100": (312e12, 156e12)}
@@ -268,8 +283,20 @@ def measure(args, means: Means, name: str) -> dict:
     """Time ``args.steps`` iterations after ``args.warmup`` and describe the result."""
     device = torch.device(args.device)
     v2 = args.arch == "v2"
+    attngan = args.arch == "attngan"
+    tree = v2 or attngan  # --branches, no --stage
+    clock = None
     if v2:
         bench = v2_bench.BenchV2(args.branches, args.batch_size, device, means, args.init_state)
+    elif attngan:
+        default = means == training_default(args.device)
+        bench = attngan_bench.BenchAttnGAN(
+            args.branches, args.batch_size, device, means, args.init_state, args.damsm,
+            execution=None if default else v2_bench.execution(means),
+            experiment=args.experiment,
+        )  # fmt: skip
+        if args.breakdown:
+            clock = attngan_bench.PhaseClock(bench)
     else:
         cfg = ModelConfig.preset("birds")
         bench = Bench(args.stage, args.batch_size, device, means, cfg)
@@ -294,12 +321,18 @@ def measure(args, means: Means, name: str) -> dict:
         torch.cuda.synchronize(device)
         times = [events[k].elapsed_time(events[k + 1]) / 1000 for k in range(args.steps)]
     else:
+        run_one = (lambda: clock.run(bench.iteration)) if clock else bench.iteration
         for _ in range(args.steps):
             t0, c0 = time.perf_counter(), time.process_time()
-            bench.iteration()
+            run_one()
             times.append(time.perf_counter() - t0)
             cpu_times.append(time.process_time() - c0)
     cpu, wall = time.process_time() - cpu_start, time.perf_counter() - wall_start
+    if cuda and clock:  # the parts' marks need host-side timing
+        for _ in range(args.steps):
+            clock.run(bench.iteration)
+            torch.cuda.synchronize(device)
+    profile = attngan_bench.profile_top(bench.iteration) if attngan and args.profile else None
 
     median = statistics.median(times)
     if cuda:
@@ -308,6 +341,10 @@ def measure(args, means: Means, name: str) -> dict:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if v2:
         flops = v2_bench.count_flops_v2(args.branches, args.batch_size, device)
+    elif attngan:
+        flops = attngan_bench.count_flops_attngan(
+            args.branches, args.batch_size, device, args.damsm, args.init_state
+        )
     else:
         flops = count_flops(args.stage, args.batch_size, cfg, device)
     achieved = flops / median if flops else None
@@ -316,8 +353,8 @@ def measure(args, means: Means, name: str) -> dict:
         "benchmark": "train_throughput",
         "config": name,
         "arch": args.arch,
-        "stage": None if v2 else args.stage,
-        "branches": args.branches if v2 else None,
+        "stage": None if tree else args.stage,
+        "branches": args.branches if tree else None,
         "batch_size": args.batch_size,
         "device": device.type,
         "device_name": device_name(device),
@@ -340,7 +377,13 @@ def measure(args, means: Means, name: str) -> dict:
         "torch": torch.__version__,
         "means": asdict(means),
     }
-    if not v2 and not cuda and args.batch_size == DEFAULT_BATCH[args.stage]:
+    if attngan:
+        result["experiment"] = args.experiment
+        if clock:
+            result["parts"] = clock.summary()
+        if profile:
+            result["profile_top"] = profile
+    if not tree and not cuda and args.batch_size == DEFAULT_BATCH[args.stage]:
         official = OFFICIAL_CPU_IMAGES_PER_S[args.stage]
         result["official_cpu_images_per_s_spec9"] = official
         result["speedup_vs_spec9"] = round(result["images_per_s"] / official, 3)
@@ -349,9 +392,11 @@ def measure(args, means: Means, name: str) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", choices=("v1", "v2"), default="v1")
+    parser.add_argument("--arch", choices=("v1", "v2", "attngan"), default="v1")
     parser.add_argument("--stage", type=int, choices=(1, 2), default=1, help="v1 only")
-    parser.add_argument("--branches", type=int, choices=(1, 2, 3), default=3, help="v2 only")
+    parser.add_argument(
+        "--branches", type=int, choices=(1, 2, 3), default=3, help="v2 and attngan only"
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="default 16 / 4; v2 4")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
     parser.add_argument("--steps", type=int, default=8)
@@ -364,8 +409,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, default=2, help="--compare: runs of each")
     parser.add_argument(
-        "--init-state", default=None, help="v2: initial weights (saved by --compare/--ablate)"
+        "--init-state", default=None, help="v2, attngan: initial weights (saved by --compare)"
     )
+    parser.add_argument("--damsm", default=None, help="attngan: a DAMSM file (default: random)")
+    parser.add_argument(
+        "--experiment",
+        choices=attngan_bench.EXPERIMENTS,
+        default=None,
+        help="attngan: a monkeypatched training default, for a measurement (attngan_bench.py)",
+    )
+    parser.add_argument("--breakdown", action="store_true", help="attngan: time of each part")
+    parser.add_argument("--profile", action="store_true", help="attngan: top operators")
     parser.add_argument("--peak-tflops", type=float, default=None, help="for the MFU figure")
     flags = (
         "compile",
@@ -386,6 +440,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.arch == "v2":
         args.batch_size = args.batch_size or V2_DEFAULT_BATCH
+    if args.arch == "attngan":
+        args.batch_size = args.batch_size or ATTNGAN_DEFAULT_BATCH
+        if args.batch_size < 2:
+            parser.error("--arch attngan: --batch-size must be >= 2 (wrong pairs)")
+    elif args.experiment or args.breakdown or args.profile:
+        parser.error("--experiment, --breakdown and --profile go with --arch attngan")
     args.batch_size = args.batch_size or DEFAULT_BATCH[args.stage]
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
@@ -414,9 +474,11 @@ def chosen_means(args) -> tuple[str, Means]:
     return "custom" if any(v is not None for v in overrides.values()) else "training_default", means
 
 
-def run_config(keep: list[str], device: str, name: str, means: Means) -> dict | None:
+def run_config(
+    keep: list[str], device: str, name: str, means: Means, extra: list[str] | None = None
+) -> dict | None:
     """One configuration in a fresh process; prints and returns its JSON line."""
-    command = [sys.executable, __file__, *keep, "--device", device,
+    command = [sys.executable, __file__, *keep, *(extra or []), "--device", device,
                "--means-json", json.dumps(asdict(means)), "--name", name]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -427,9 +489,30 @@ def run_config(keep: list[str], device: str, name: str, means: Means) -> dict | 
     return json.loads(line)
 
 
+def without_experiment(argv: list[str]) -> list[str]:
+    """``argv`` without ``--experiment NAME`` / ``--experiment=NAME``."""
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--experiment":
+            skip = True
+        elif not item.startswith("--experiment="):
+            kept.append(item)
+    return kept
+
+
 @contextlib.contextmanager
 def shared_init(args, keep: list[str]):
-    """v2: the initial weights built once (slow orthogonal init) and saved for every run."""
+    """v2: the initial weights built once (slow orthogonal init) and saved for every run;
+    attngan: those and the random DAMSM."""
+    if args.arch == "attngan":
+        given = (args.damsm, args.init_state)
+        with attngan_bench.shared_files(args.branches, *given) as (damsm, init_state):
+            made = [] if args.damsm else ["--damsm", damsm]
+            made += [] if args.init_state else ["--init-state", init_state]
+            yield [*keep, *made]
+        return
     if args.arch != "v2" or args.init_state:
         yield keep
         return
@@ -450,16 +533,19 @@ def ablate(args, argv) -> None:
 def compare(args, argv) -> None:
     """The official iteration and the training default alternately, ``--rounds`` times each
     (fresh processes, same initial weights), then one summary line."""
-    keep = [item for item in argv if item != "--compare"]
+    keep = without_experiment([item for item in argv if item != "--compare"])
     plan = [
-        ("official", Means(official=True, cudnn_benchmark=args.device == "cuda")),
-        ("training_default", training_default(args.device)),
+        ("official", Means(official=True, cudnn_benchmark=args.device == "cuda"), []),
+        ("training_default", training_default(args.device), []),
     ]
-    results: dict[str, list[dict]] = {name: [] for name, _ in plan}
+    experiment = f"training_default+{args.experiment}" if args.experiment else None
+    if experiment:  # attngan: a third configuration, the training default with the experiment
+        plan.append((experiment, training_default(args.device), ["--experiment", args.experiment]))
+    results: dict[str, list[dict]] = {name: [] for name, _, _ in plan}
     with shared_init(args, keep) as keep:
         for _ in range(args.rounds):
-            for name, means in plan:
-                result = run_config(keep, args.device, name, means)
+            for name, means, extra in plan:
+                result = run_config(keep, args.device, name, means, extra)
                 if result is not None:
                     results[name].append(result)
     official, ours = results["official"], results["training_default"]
@@ -497,6 +583,28 @@ def compare(args, argv) -> None:
             round(a["cpu_seconds_per_iter"] / b["cpu_seconds_per_iter"], 3)
             for a, b in zip(official, ours, strict=False)
         ]
+    if experiment and results[experiment]:
+        tried = results[experiment]
+        summary[f"{experiment}_images_per_s"] = [row["images_per_s"] for row in tried]
+        summary["experiment_speedup_vs_official"] = round(
+            median(tried, "images_per_s") / median(official, "images_per_s"), 3
+        )
+        cpu_tried = median(tried, "cpu_seconds_per_iter")
+        if cpu_official and cpu_tried:
+            summary["experiment_cpu_seconds_ratio_vs_official"] = round(cpu_official / cpu_tried, 3)
+            summary["experiment_cpu_seconds_ratio_vs_training_default"] = round(
+                cpu_ours / cpu_tried, 3
+            )
+    if any("parts" in row for rows in results.values() for row in rows):
+        # Per configuration and part: the median over the runs of each run's median CPU s
+        summary["parts_cpu_s"] = {
+            name: {
+                part: round(statistics.median(row["parts"][part]["cpu_s"] for row in rows), 3)
+                for part in rows[0]["parts"]
+            }
+            for name, rows in results.items()
+            if rows and "parts" in rows[0]
+        }
     print(json.dumps(summary), flush=True)
 
 
@@ -512,6 +620,13 @@ def main(argv=None) -> None:
         compare(args, argv)
         return
     name, means = chosen_means(args)
+    if args.experiment and name == "training_default":
+        name = f"training_default+{args.experiment}"
+    if args.arch == "attngan" and not (args.damsm and args.init_state):
+        with attngan_bench.shared_files(args.branches, args.damsm, args.init_state) as made:
+            args.damsm, args.init_state = made
+            print(json.dumps(measure(args, means, name)), flush=True)
+        return
     print(json.dumps(measure(args, means, name)), flush=True)
 
 
