@@ -2,8 +2,8 @@
 
 One row per attending stage: the image that stage made, then the same image lit by each word's
 attention map (the map upsampled bilinearly to the image and scaled from its least to its most
-attended pixel, as the AttnGAN code draws them), each column labelled with its word, the caption beneath, as in the AttnGAN
-paper's figures.
+attended pixel, as the AttnGAN code draws them), each column labelled with its word, the
+caption beneath, as in the AttnGAN paper's figures.
 """
 
 from __future__ import annotations

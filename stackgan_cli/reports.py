@@ -113,6 +113,7 @@ METRIC_LABELS = {
     "fid_real_halves": "FID between test-split halves",
     "diversity": "diversity, same caption",
     "diversity_real_reference": "diversity, real distinct images",
+    "r_precision": "R-precision (DAMSM, 1 in 100)",
 }
 
 
@@ -142,23 +143,30 @@ def results_table(result: dict) -> Table:
 
 
 def print_evaluation(result: dict, path: Path) -> None:
-    """Print the table, the note on the paper's Inception Score, and where the JSON went."""
+    """Print the table, the notes on the paper's Inception Score and on R-precision, and the
+    protocol line with where the JSON went."""
     out.print(results_table(result))
     if "inception_score" in result["metrics"]:
         out.print(f"[bold]Note:[/] {PAPER_NOTE}", highlight=False)
+    if "r_precision" in result["metrics"]:
+        from stackgan_cli.evaluation.report import R_PRECISION_NOTE
+
+        out.print(f"[bold]Note:[/] {R_PRECISION_NOTE}", highlight=False)
     protocol = result["protocol"]
-    out.print(
-        f"Protocol: {protocol['inception']['variant']} "
-        f"(weights {protocol['inception']['weights_file']}), resolution "
-        f"{protocol['resolution']}px, seed {protocol['seed']}; full record: {path}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    parts = []
+    if protocol.get("inception") is not None:
+        inception = protocol["inception"]
+        parts.append(f"{inception['variant']} (weights {inception['weights_file']})")
+    damsm = (protocol.get("r_precision") or {}).get("damsm")
+    if damsm:
+        parts.append(f"DAMSM {damsm}")
+    parts.append(f"resolution {protocol['resolution']}px, seed {protocol['seed']}")
+    out.print(f"Protocol: {', '.join(parts)}; full record: {path}", highlight=False, soft_wrap=True)
 
 
 # --- runs --------------------------------------------------------------------------------------
 
-_EVAL_LABELS = {"inception_score": "IS", "fid": "FID", "diversity": "div"}
+_EVAL_LABELS = {"inception_score": "IS", "fid": "FID", "diversity": "div", "r_precision": "R-prec"}
 
 
 def runs_table(records: Sequence[dict[str, Any]], title: str | None = None) -> Table:

@@ -100,7 +100,9 @@ def test_state_dict_matches_official_v2_table(net):
 
 def test_birds_v2_preset_and_config_dict():
     v2 = ModelConfig.preset("birds-v2")
-    assert dataclasses.asdict(v2) == {
+    # What files hold: word_dim (AttnGAN's DAMSM word size) only when it is not its default,
+    # so that versions which do not know it still read StackGAN files.
+    assert v2.to_dict() == {
         "gf_dim": 64,
         "df_dim": 64,
         "z_dim": 100,
@@ -113,6 +115,9 @@ def test_birds_v2_preset_and_config_dict():
     coco = ModelConfig.preset("coco")
     assert (coco.gf_dim, coco.df_dim, coco.r_num) == (192, 96, 2)
     assert ModelConfig.from_dict(TINY.to_dict()) == TINY
+    small_words = dataclasses.replace(v2, word_dim=8)
+    assert small_words.to_dict()["word_dim"] == 8
+    assert ModelConfig.from_dict(small_words.to_dict()) == small_words
     two = dataclasses.replace(TINY, branch_num=2)
     assert ModelConfig.from_dict(two.to_dict()) == two
     # A dict written before branch_num existed gets the default.

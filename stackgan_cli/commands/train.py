@@ -16,7 +16,8 @@ from stackgan_cli.devices import Device
 from stackgan_cli.training.config import TrainConfig
 
 _D = TrainConfig()  # the defaults live in TrainConfig alone
-_WIDTHS = ("gf_dim", "df_dim", "z_dim", "condition_dim", "r_num")  # ModelConfig overrides
+# ModelConfig overrides (text_dim and word_dim: --arch damsm only)
+_WIDTHS = ("gf_dim", "df_dim", "z_dim", "condition_dim", "r_num", "text_dim", "word_dim")
 
 
 def _width(help_text: str):
@@ -38,7 +39,9 @@ def train(
         Arch,
         typer.Option(
             help="v1: StackGAN-v1, one --stage per run; v2: StackGAN-v2 (StackGAN++), one tree "
-            "generator trained jointly at 64/128/256 px; attngan: AttnGAN (needs --damsm).",
+            "generator trained jointly at 64/128/256 px; attngan: AttnGAN (needs --damsm); "
+            "damsm: AttnGAN's DAMSM text and image encoders (--out writes the DAMSM file that "
+            "--damsm reads).",
         ),
     ] = Arch(_D.arch),
     branches: Annotated[
@@ -85,7 +88,7 @@ def train(
         typer.Option(
             min=2,
             help="Images per step (per process under torchrun). Default: 64 (v1), 24 (v2), "
-            "20 (attngan).",
+            "20 (attngan), 48 (damsm).",
             show_default=False,
         ),
     ] = None,
@@ -102,6 +105,33 @@ def train(
     z_dim: Annotated[int | None, _width("Noise dimension (100).")] = None,
     condition_dim: Annotated[int | None, _width("Conditioning-augmentation size (128).")] = None,
     r_num: Annotated[int | None, _width("Stage-II residual blocks (birds 4).")] = None,
+    text_dim: Annotated[
+        int | None, _width("--arch damsm: the DAMSM feature size (birds 256; even).")
+    ] = None,
+    word_dim: Annotated[
+        int | None, _width("--arch damsm: the DAMSM word-embedding size (birds 300).")
+    ] = None,
+    lr_encoder: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="--arch damsm: the encoders' learning rate, x0.98 after every epoch while "
+            "above a tenth of it. Default 0.002 (the official DAMSM recipe).",
+            show_default=False,
+        ),
+    ] = None,
+    inception_weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--inception-weights",
+            metavar="FILE",
+            help="--arch damsm: torchvision's Inception-v3 ImageNet weights "
+            "(inception_v3_google-0cc3c7bd.pth) for the frozen image trunk. Default: "
+            "downloaded once into the cache.",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
     lr_g: Annotated[float, typer.Option(min=0.0, help="Generator learning rate.")] = _D.lr_g,
     lr_d: Annotated[float, typer.Option(min=0.0, help="Discriminator learning rate.")] = _D.lr_d,
     lr_decay_every: Annotated[
@@ -287,6 +317,8 @@ def train(
         stackgan train --stage 2 --dataset shapes --epochs 3 --batch-size 16 --stage1-ckpt \
 s1.pt --out s2.pt
         stackgan train --arch v2 --dataset shapes --epochs 3 --gf-dim 16 --df-dim 16 --out v2.pt
+        stackgan train --arch damsm --dataset shapes --epochs 10 --batch-size 16 --out damsm.pt
+        stackgan train --arch attngan --dataset shapes --damsm damsm.pt --epochs 3
     """
     from stackgan_cli.commands.outcome import report_training
     from stackgan_cli.training.run import start_training

@@ -1,5 +1,5 @@
-"""An evaluation's full JSON record, and the note on the paper's Inception Score
-(the table the terminal shows is in ``stackgan_cli.reports``)."""
+"""An evaluation's full JSON record, and the notes on the paper's Inception Score and on
+R-precision (the table the terminal shows is in ``stackgan_cli.reports``)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,14 @@ PAPER_NOTE = (
     "standard ImageNet Inception-v3 (torch-fidelity's port of the 2015-12-05 TF graph), so it is "
     "on a different scale and must not be compared with 3.70; compare it only with scores "
     "computed by the same protocol (e.g. `stackgan evaluate --real` for real test images)."
+)
+
+R_PRECISION_NOTE = (
+    "R-precision depends on the DAMSM that scores it (--damsm): compare it only with numbers "
+    "computed with the same DAMSM files. The AttnGAN paper's CUB figure (about 67.8 %) and "
+    "DM-GAN's used the released bird encoders (text/image_encoder200.pth), count a tie for "
+    "first as a hit (here a miss) and average 3,000 hits over 2,999 per split (here the "
+    "plain mean); `stackgan evaluate --real --r-precision` gives the real images' ceiling."
 )
 
 

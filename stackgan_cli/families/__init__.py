@@ -2,7 +2,9 @@
 
 The registry (:mod:`stackgan_cli.families.registry`, torch-free) lists the families; the
 lookups below find the one a training run, a generator file, a generator module or an
-official state dict belongs to, and import its implementation only then.
+official state dict belongs to, and import its implementation only then. The lookups of
+generators consider only the families that train one (``FamilySpec.kind``): a DAMSM run trains
+encoders, and no generator file or official generator state dict is ever taken for one.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from typing import Any
 from stackgan_cli.errors import StackGANError, UsageError
 from stackgan_cli.families.registry import (
     ARCHS,
+    ENCODERS,
     FAMILIES,
+    GENERATOR,
     FamilySpec,
     arch_recipe,
+    generator_specs,
     spec_for_run,
     spec_named,
     specs_of_arch,
@@ -23,13 +28,16 @@ from stackgan_cli.families.registry import (
 
 __all__ = [
     "ARCHS",
+    "ENCODERS",
     "FAMILIES",
+    "GENERATOR",
     "FamilySpec",
     "arch_recipe",
     "family_class_for_run",
     "family_for_file",
     "family_for_training",
     "family_of_generator",
+    "generator_specs",
     "import_official",
     "spec_for_run",
     "spec_named",
@@ -71,10 +79,12 @@ def family_for_file(data: Mapping[str, Any], version: int, where: str) -> Any:
     """The Family class a generator file holds: its ``family`` key, or for files written
     before that key existed, its ``arch`` (version 2 on) and ``stage``."""
     if "family" in data:
-        return spec_named(data["family"], where).load()
+        return _generator_family(spec_named(data["family"], where), where).load()
     arch = data.get("arch", "v1") if version >= 2 else "v1"
     if arch not in ARCHS:
         raise StackGANError(f"{where} names architecture {arch!r}; known: {', '.join(ARCHS)}")
+    for spec in specs_of_arch(arch):
+        _generator_family(spec, where)
     stage = data.get("stage")
     spec = spec_for_run(arch, stage)
     if spec is None:
@@ -85,9 +95,19 @@ def family_for_file(data: Mapping[str, Any], version: int, where: str) -> Any:
     return spec.load()
 
 
+def _generator_family(spec: FamilySpec, where: str) -> FamilySpec:
+    """``spec`` if its family trains a generator; StackGANError naming ``where`` otherwise."""
+    if not spec.trains_generator:
+        raise StackGANError(
+            f"{where} names {spec.title}, which trains {spec.kind}, not a generator "
+            f"(a {spec.title} file is read by --damsm)"
+        )
+    return spec
+
+
 def family_of_generator(module: Any) -> Any:
     """The Family class whose generator ``module`` is (an instance of its generator class)."""
-    for spec in FAMILIES.values():
+    for spec in generator_specs():
         family = spec.load()
         if type(module) is family.generator_class:
             return family
@@ -102,7 +122,7 @@ def import_official(state: Any, name: str) -> tuple[Any, Any]:
 
     plain = plain_state_dict(state, name)
     refuse_non_generator(plain, name)
-    for spec in FAMILIES.values():
+    for spec in generator_specs():
         family = spec.load()
         if family.recognises_official(plain):
             return family.from_official(state, name)

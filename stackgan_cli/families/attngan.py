@@ -35,6 +35,7 @@ from stackgan_cli.models.config import ModelConfig
 from stackgan_cli.models.generator_v2 import branch_image_sizes
 from stackgan_cli.models.losses import AdversarialLoss, damsm_sentence_loss, damsm_word_loss
 from stackgan_cli.text.damsm_text import WordFeatures
+from stackgan_cli.text.words import caption_id_arrays
 
 GAMMAS = (4.0, 5.0, 10.0)  # gamma1, gamma2, gamma3 of the birds recipe (attngan-spec.md 1)
 
@@ -190,21 +191,8 @@ class AttnGAN(Family):
         return DiscriminatorEncoder(netD)
 
     def caption_words(self, split: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Every caption's word ids in the DAMSM's vocabulary (unknown words left out, as the
-        official code leaves them out; a caption with no known word reads as ``<end>``)."""
-        vocabulary = self._trained_damsm().text.vocabulary
-        encoded = [
-            [vocabulary.encode(c)[0] or [0] for c in captions] for captions in split.captions
-        ]
-        longest = max(len(ids) for captions in encoded for ids in captions)
-        count = max(len(captions) for captions in encoded)
-        tokens = np.zeros((len(encoded), count, longest), dtype=np.int64)
-        lengths = np.ones((len(encoded), count), dtype=np.int64)
-        for n, captions in enumerate(encoded):
-            for k, ids in enumerate(captions):
-                tokens[n, k, : len(ids)] = ids
-                lengths[n, k] = len(ids)
-        return tokens, lengths
+        """Every caption's word ids in the DAMSM's vocabulary (text.words.caption_id_arrays)."""
+        return caption_id_arrays(split.captions, self._trained_damsm().text.vocabulary)
 
     def condition_of(self, batch: Batch) -> TrainingText:
         """The frozen DAMSM text encoder's features of the batch's captions (sorted by length,

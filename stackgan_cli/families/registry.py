@@ -7,6 +7,11 @@ prefix and official recipe) and where its implementation lives; :meth:`FamilySpe
 implementation (a :class:`stackgan_cli.families.base.Family` subclass, with torch) on first
 use. So ``stackgan runs`` and ``--help`` ask the registry and never import torch, and a new
 family is one entry here and one module beside this one.
+
+Most entries train a generator (``kind`` "generator"). The DAMSM entry (``--arch damsm``)
+trains AttnGAN's text and image encoders instead (``kind`` "encoders"): it is a run like every
+other (run folder, recipe, ``stackgan runs``), but no generator file names it, and the lookups
+of generators (:func:`generator_specs`) leave it out. Its implementation is its trainer.
 """
 
 from __future__ import annotations
@@ -23,11 +28,19 @@ def _v1_run_label(spec: FamilySpec, train: Mapping[str, Any]) -> str:
     return f"v1 stage {spec.stage}"
 
 
+def _encoders_run_label(spec: FamilySpec, train: Mapping[str, Any]) -> str:
+    return f"{spec.title} encoders"
+
+
 def _tree_run_label(spec: FamilySpec, train: Mapping[str, Any]) -> str:
     branches = train.get("branches")
     if isinstance(branches, bool) or not isinstance(branches, int):
         return spec.arch
     return f"{spec.arch} {branches} {'branch' if branches == 1 else 'branches'}"
+
+
+GENERATOR = "generator"
+ENCODERS = "encoders"
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,13 @@ class FamilySpec:
     train_defaults: Mapping[str, Any] = field(default_factory=dict)
     # A run's model column in `stackgan runs`, from config.json's "train" dict.
     run_label: Callable[[FamilySpec, Mapping[str, Any]], str] = _v1_run_label
+    # What a run of it trains: GENERATOR (generator files, samples) or ENCODERS (a DAMSM file).
+    kind: str = GENERATOR
+
+    @property
+    def trains_generator(self) -> bool:
+        """True for the families whose runs train a generator (those generator files name)."""
+        return self.kind == GENERATOR
 
     def load(self) -> Any:
         """The family's implementation class (imports torch and the networks)."""
@@ -104,11 +124,37 @@ FAMILIES: dict[str, FamilySpec] = {
             },
             run_label=_tree_run_label,
         ),
+        FamilySpec(
+            key="damsm",
+            arch="damsm",
+            stage=None,
+            title="DAMSM",
+            run_prefix="damsm",
+            default_preset="birds-attngan",  # text_dim 256, word_dim 300
+            implementation="stackgan_cli.training.damsm_loop:DAMSMTrainer",
+            # attngan-spec.md 8.1 (DAMSM/bird.yml): batch 48, encoder lr 0.002 (x0.98 per
+            # epoch while above 0.0002), 600 epochs, a snapshot every 50
+            train_defaults={
+                "stage": None,
+                "batch_size": 48,
+                "lr_encoder": 0.002,
+                "epochs": 600,
+                "snapshot_every": 50,
+            },
+            run_label=_encoders_run_label,
+            kind=ENCODERS,
+        ),
     )
 }
 
 ARCHS: tuple[str, ...] = tuple(dict.fromkeys(spec.arch for spec in FAMILIES.values()))
 """The --arch choices, in registry order."""
+
+
+def generator_specs() -> list[FamilySpec]:
+    """The families that train a generator (what generator files and official state dicts can
+    hold), in registry order."""
+    return [spec for spec in FAMILIES.values() if spec.trains_generator]
 
 
 def specs_of_arch(arch: str) -> list[FamilySpec]:

@@ -58,8 +58,13 @@ class ModelConfig:
             raise ValueError(f"unknown model preset {name!r} (known: {known})") from None
 
     def to_dict(self) -> dict[str, int]:
-        """Plain dict of the widths (JSON- and ``weights_only``-safe)."""
-        return dataclasses.asdict(self)
+        """Plain dict of the widths (JSON- and ``weights_only``-safe). ``word_dim`` is left out
+        at its default, so that the files of the families that never read it stay readable by
+        versions that do not know it."""
+        data = dataclasses.asdict(self)
+        if data["word_dim"] == _DEFAULT_WORD_DIM:
+            del data["word_dim"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
@@ -87,6 +92,8 @@ class ModelConfig:
         except ValueError as exc:
             raise StackGANError(f"invalid model configuration: {exc}") from None
 
+
+_DEFAULT_WORD_DIM = ModelConfig().word_dim
 
 PRESETS: dict[str, ModelConfig] = {
     "birds": ModelConfig(),

@@ -14,7 +14,9 @@ so ``stackgan runs --json`` and ``GET /api/runs`` give scripts a stable shape:
   mid-epoch), ``epochs_planned``, ``steps``, ``time_s`` (training seconds), ``d_loss``,
   ``g_loss`` and ``kl`` of the last metrics record.
 - ``evaluation``: the newest ``stackgan evaluate`` report of the run's generator
-  (``{"path", "checkpoint", "metrics": {name: value}}``) or None.
+  (``{"path", "checkpoint", "finished_at", "size", "metrics": {name: value}}``, e.g.
+  ``inception_score``, ``fid``, ``diversity``, ``r_precision`` (its mean), for those the report
+  has) or None.
 - ``generator``, ``sample`` (newest ``samples/epoch_NNNN.png``), ``losses_plot``: paths or None.
 - ``problems``: what is missing or unreadable; a damaged run is listed, never fatal.
 """
@@ -224,6 +226,8 @@ def _evaluation_summary(path: Path, ckpt: str, report: dict[str, Any]) -> dict[s
         for name, metric in metrics.items():
             if isinstance(metric, dict) and "value" in metric:
                 values[str(name)] = _float_or_none(metric["value"])
+            elif isinstance(metric, dict) and "mean" in metric:  # a {mean, std} entry
+                values[str(name)] = _float_or_none(metric["mean"])
     times = report.get("times")
     finished = times.get("finished_at") if isinstance(times, dict) else None
     protocol = report.get("protocol")

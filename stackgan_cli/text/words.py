@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from stackgan_cli.errors import StackGANError
 
 END = "<end>"
@@ -76,6 +78,24 @@ class WordVocabulary:
             else:
                 unknown.append(token)
         return ids, unknown
+
+
+def caption_id_arrays(
+    captions: Sequence[Sequence[str]], vocabulary: WordVocabulary
+) -> tuple[np.ndarray, np.ndarray]:
+    """The word ids (N, K, L) int64, zero-padded, and lengths (N, K) of K captions for each of N
+    images in ``vocabulary``: unknown words left out, as the official code leaves them out; a
+    caption with no known word reads as ``<end>`` (one id 0)."""
+    encoded = [[vocabulary.encode(c)[0] or [0] for c in image] for image in captions]
+    longest = max(len(ids) for image in encoded for ids in image)
+    count = max(len(image) for image in encoded)
+    tokens = np.zeros((len(encoded), count, longest), dtype=np.int64)
+    lengths = np.ones((len(encoded), count), dtype=np.int64)
+    for n, image in enumerate(encoded):
+        for k, ids in enumerate(image):
+            tokens[n, k, : len(ids)] = ids
+            lengths[n, k] = len(ids)
+    return tokens, lengths
 
 
 class _PlainUnpickler(pickle.Unpickler):

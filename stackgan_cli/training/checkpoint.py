@@ -56,6 +56,10 @@ _REQUIRED = (
     "model_config",
     "dataset",
 )
+COMMON_KEYS = ("epoch", "step", "global_step", "sampler", "rng", "train_config", "model_config")
+COMMON_KEYS += ("dataset",)
+"""What every run's checkpoint holds, whatever it trains (a DAMSM run's holds no GAN networks:
+training/damsm_loop.py)."""
 
 
 def make_checkpoint(
@@ -127,11 +131,14 @@ def save_checkpoint(checkpoint: Mapping[str, Any], path: Path) -> None:
     atomic_torch_save(dict(checkpoint), Path(path))
 
 
-def load_checkpoint(path: Path, run_dir: Path | None = None) -> dict[str, Any]:
+def load_checkpoint(
+    path: Path, run_dir: Path | None = None, *, required: Sequence[str] = _REQUIRED
+) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` onto the CPU.
 
-    A missing, truncated or foreign file raises StackGANError naming it and, when ``run_dir``
-    is given, the snapshots that ``stackgan resume RUN_DIR --from FILE`` can continue from.
+    A missing, truncated or foreign file, or one without the ``required`` entries (default:
+    a GAN run's), raises StackGANError naming it and, when ``run_dir`` is given, the snapshots
+    that ``stackgan resume RUN_DIR --from FILE`` can continue from.
     """
     path = Path(path)
     try:
@@ -156,11 +163,25 @@ def load_checkpoint(path: Path, run_dir: Path | None = None) -> dict[str, Any]:
         data["discriminators"] = [data.pop("discriminator", None)]
         data["optimizers_d"] = [data.pop("optimizer_d", None)]
         data["format_version"] = FORMAT_VERSION
-    missing = [key for key in _REQUIRED if key not in data]
-    missing += [key for key in ("discriminators", "optimizers_d") if None in data.get(key, ())]
+    check_keys(data, path, run_dir, required)
+    return data
+
+
+def check_keys(
+    data: Mapping[str, Any],
+    path: Path,
+    run_dir: Path | None = None,
+    required: Sequence[str] = _REQUIRED,
+) -> None:
+    """StackGANError naming ``path`` when the checkpoint ``data`` lacks a ``required`` entry."""
+    missing = [key for key in required if key not in data]
+    missing += [
+        key
+        for key in ("discriminators", "optimizers_d")
+        if key in required and None in data.get(key, ())
+    ]
     if missing:
         raise StackGANError(f"{path} lacks {', '.join(missing)}{_snapshot_hint(run_dir)}")
-    return data
 
 
 def _snapshot_hint(run_dir: Path | None) -> str:

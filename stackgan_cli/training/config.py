@@ -37,6 +37,12 @@ class TrainConfig:
     damsm: str | None = None
     vocabulary: str | None = None
     damsm_weight: float = 5.0
+    # --arch damsm (DAMSM pre-training, attngan-spec.md 8.1): the encoders' learning rate,
+    # multiplied by 0.98 after every epoch while above a tenth of it (TRAIN.ENCODER_LR: the
+    # config default 2e-4, the DAMSM recipe 2e-3), and the torchvision Inception-v3 ImageNet
+    # weights of the frozen image trunk (None: downloaded once into the cache's weights/).
+    lr_encoder: float = 2e-4
+    inception_weights: str | None = None
     # Moving average of G's parameters after every G step (0 = none, the v1 recipe; v2: 0.999).
     # Samples and generator files use the average; training continues from the trained weights.
     ema: float = 0.0

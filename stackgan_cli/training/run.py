@@ -2,10 +2,12 @@
 
 ``start_training`` validates what the user asked for (options that fit together, dataset
 prepared, Stage-I generator for Stage II, matching widths), creates the run directory with
-``config.json`` and trains; ``resume_training`` rebuilds the run from ``checkpoints/last.pt``
-(architecture and settings from the checkpoint, never from the command line) and continues
-exactly where it stopped. Either holds the run directory's lock for the whole run, so that a
-second process on the same run gets a one-line error instead of interleaving with the first.
+``config.json`` and trains: a GAN :class:`Trainer`, or the trainer of a family that trains
+encoders (``--arch damsm``: training/damsm_loop.py), chosen by the family's ``kind``.
+``resume_training`` rebuilds the run from ``checkpoints/last.pt`` (architecture and settings
+from the checkpoint, never from the command line) and continues exactly where it stopped.
+Either holds the run directory's lock for the whole run, so that a second process on the same
+run gets a one-line error instead of interleaving with the first.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from stackgan_cli.training.signals import StopRequest
 
 DEFAULT_DATASET = "cub"
 LOCK_FILE = ".lock"
+ENCODER_WIDTHS = ("text_dim", "word_dim")  # widths only a run that trains encoders takes
 
 
 def dataset_source(name_or_path: str) -> str:
@@ -160,27 +163,52 @@ def start_training(
     check_options(cfg)
     if cfg.tensorboard:
         require_tensorboard()  # before the run directory exists
+    spec = train_spec(cfg)
+    overrides = dict(overrides)
+    widths = {name: overrides.pop(name, None) for name in ENCODER_WIDTHS}
+    encoders_cfg = None
+    if spec.trains_generator:
+        given = [name for name, value in widths.items() if value is not None]
+        defaults = TrainConfig()
+        if cfg.inception_weights or cfg.lr_encoder != defaults.lr_encoder:
+            option = "--inception-weights" if cfg.inception_weights else "--lr-encoder"
+            raise UsageError(f"{option}: only --arch damsm trains the DAMSM encoders")
+        if given:
+            raise UsageError(
+                f"--{given[0].replace('_', '-')}: only --arch damsm trains a text encoder "
+                "(the other architectures take their text widths from the dataset or --damsm)"
+            )
+    else:
+        encoders_cfg = spec.load().model_config(preset, {**overrides, **widths})
+    if cfg.inception_weights:
+        weights = Path(cfg.inception_weights).expanduser().resolve()
+        cfg = replace(cfg, inception_weights=str(weights))
     dataset_name = cfg.dataset or default_dataset()
     ctx = dist_utils.init_distributed(cfg.device)
     trainer = None
     try:
         dataset = load_prepared(dataset_name)
         cfg = replace(cfg, dataset=dataset_source(dataset_name))
-        spec = train_spec(cfg)
         family_class = spec.load()
         stage1 = None
-        if family_class.nested_family is not None:
+        if not spec.trains_generator:
+            model_cfg = encoders_cfg
+            if ctx.is_main:
+                family_class.prefetch(cfg)  # downloads before the run directory exists
+            dist_utils.barrier(ctx)
+        elif family_class.nested_family is not None:
             stage1 = _load_stage1(cfg.stage1_ckpt, dataset, family_class.nested_family)
             cfg = replace(cfg, stage1_ckpt=str(Path(cfg.stage1_ckpt).expanduser().resolve()))
-        dims = resolve_model_dims(
-            preset=preset,
-            overrides=overrides,
-            text_dim=_text_dim(dataset),
-            stage1=stage1.cfg.to_dict() if stage1 is not None else None,
-            stage1_name=f"the Stage-I generator {cfg.stage1_ckpt}",
-            default_preset=spec.default_preset,
-        )
-        model_cfg = ModelConfig(**{**dims, **family_class.model_fields(cfg)})
+        if spec.trains_generator:
+            dims = resolve_model_dims(
+                preset=preset,
+                overrides=overrides,
+                text_dim=_text_dim(dataset),
+                stage1=stage1.cfg.to_dict() if stage1 is not None else None,
+                stage1_name=f"the Stage-I generator {cfg.stage1_ckpt}",
+                default_preset=spec.default_preset,
+            )
+            model_cfg = ModelConfig(**{**dims, **family_class.model_fields(cfg)})
         if cfg.out:
             cfg = replace(cfg, out=str(Path(cfg.out).expanduser().resolve()))
         run_dir = _new_run_dir(cfg, dataset) if ctx.is_main else None
@@ -190,14 +218,17 @@ def start_training(
             if ctx.is_main:
                 _claim_new(run_dir)
             dist_utils.barrier(ctx)
-            trainer = Trainer(
-                cfg,
-                model_cfg,
-                dataset,
-                ctx,
-                run_dir,
-                stage1_state=stage1.generator.state_dict() if stage1 is not None else None,
-            )
+            if spec.trains_generator:
+                trainer = Trainer(
+                    cfg,
+                    model_cfg,
+                    dataset,
+                    ctx,
+                    run_dir,
+                    stage1_state=stage1.generator.state_dict() if stage1 is not None else None,
+                )
+            else:
+                trainer = family_class(cfg, model_cfg, dataset, ctx, run_dir)
             if ctx.is_main:
                 write_config_json(run_dir, cfg, model_cfg, trainer)
                 (run_dir / "metrics.jsonl").write_bytes(b"")
@@ -229,8 +260,11 @@ def _resume_owned(
     run_dir: Path, *, epochs: int | None, from_file: Path | None, device: str | None
 ) -> TrainResult:
     source = Path(from_file) if from_file else ckpt.checkpoints_dir(run_dir) / ckpt.LAST
-    state = ckpt.load_checkpoint(source, run_dir)
+    state = ckpt.load_checkpoint(source, run_dir, required=ckpt.COMMON_KEYS)
     cfg = TrainConfig.from_dict(state["train_config"])
+    spec = train_spec(cfg)
+    if spec.trains_generator:
+        ckpt.check_keys(state, source, run_dir)
     model_cfg = ModelConfig.from_dict(state["model_config"])
     done = int(state["epoch"])
     if epochs is not None:
@@ -254,7 +288,14 @@ def _resume_owned(
                 f"{saved['fingerprint'][:12]} then, {dataset.fingerprint[:12]} now); "
                 "resuming would mix two datasets: start a new run instead"
             )
-        trainer = Trainer(cfg, model_cfg, dataset, ctx, run_dir)
+        if spec.trains_generator:
+            trainer = Trainer(cfg, model_cfg, dataset, ctx, run_dir)
+        else:
+            family_class = spec.load()
+            if ctx.is_main:
+                family_class.prefetch(cfg)
+            dist_utils.barrier(ctx)
+            trainer = family_class.for_checkpoint(state, cfg, model_cfg, dataset, ctx, run_dir)
         trainer.load_state(state, source)
         if ctx.is_main:
             trainer.truncate_metrics()
