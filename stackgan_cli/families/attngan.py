@@ -164,7 +164,11 @@ class AttnGAN(Family):
     def to(self, device: torch.device) -> Family:
         if self.damsm is not None:
             self.damsm.text.encoder.to(device).eval().requires_grad_(False)
-            self.damsm.image_encoder.to(device).eval().requires_grad_(False)
+            # The frozen Inception trunk runs channels_last (weights and input): the same maths,
+            # 21 % less CPU time for the trunk and 1.22x -> 1.32x the official iteration
+            # (benchmarks/RESULTS.md, AttnGAN section).
+            self.damsm.image_encoder.to(device, memory_format=torch.channels_last)
+            self.damsm.image_encoder.eval().requires_grad_(False)
         return self
 
     @property
@@ -259,7 +263,8 @@ class AttnGAN(Family):
         ``damsm_weight`` (LAMBDA): ``damsm_words`` and ``damsm_sentence``."""
         text: TrainingText = output.extras["text"]
         features = text.features
-        regions, code = self._trained_damsm().image_encoder(output.images[-1].float())
+        fakes = output.images[-1].float().contiguous(memory_format=torch.channels_last)
+        regions, code = self._trained_damsm().image_encoder(fakes)
         words0, words1, _ = damsm_word_loss(
             regions, features.words, features.lengths, text.class_ids, *GAMMAS
         )
