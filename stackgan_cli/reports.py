@@ -89,7 +89,7 @@ def print_training_result(result: Any) -> None:
             soft_wrap=True,
         )
     out.print(f"run directory: {result.run_dir}", highlight=False, soft_wrap=True)
-    out.print(f"generator file: {result.generator_path}", highlight=False, soft_wrap=True)
+    out.print(f"{result.file_label}: {result.generator_path}", highlight=False, soft_wrap=True)
     if result.out is not None:
         out.print(f"copied to: {result.out}", highlight=False, soft_wrap=True)
 

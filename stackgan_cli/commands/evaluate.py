@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-from stackgan_cli.commands.options import CkptOption, DeviceOption, SeedOption, SizeOption
+from stackgan_cli.commands.options import (
+    CkptOption,
+    DeviceOption,
+    SeedOption,
+    SizeOption,
+    VocabularyOption,
+)
 from stackgan_cli.devices import Device
 
 
@@ -69,16 +75,7 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
-    vocabulary: Annotated[
-        Path | None,
-        typer.Option(
-            "--vocabulary",
-            metavar="captions.pickle",
-            help="With an official --damsm folder: the AttnGAN captions.pickle whose "
-            "vocabulary its encoders were trained with.",
-            show_default=False,
-        ),
-    ] = None,
+    vocabulary: VocabularyOption = None,
     real: Annotated[
         bool,
         typer.Option("--real", help="Score the real test images instead (a reference)."),

@@ -22,24 +22,4 @@ def report_training(work: Callable[[], Any]) -> None:
             print_training_stopped(stop)
         raise typer.Exit(130) from None
     if result.main_process:
-        label = getattr(result, "file_label", None)  # a run that trains no generator
-        if label is None:
-            print_training_result(result)
-        else:
-            _print_file_result(result, label)
-
-
-def _print_file_result(result: Any, label: str) -> None:
-    from stackgan_cli.console import err, out
-
-    if result.already_complete:
-        err.print(
-            f"{result.run_dir} has already trained {result.epochs} epochs; pass --epochs N "
-            "to train further",
-            highlight=False,
-            soft_wrap=True,
-        )
-    out.print(f"run directory: {result.run_dir}", highlight=False, soft_wrap=True)
-    out.print(f"{label}: {result.generator_path}", highlight=False, soft_wrap=True)
-    if result.out is not None:
-        out.print(f"copied to: {result.out}", highlight=False, soft_wrap=True)
+        print_training_result(result)

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from stackgan_cli.choices import Arch, DNorm, GNorm, Init, Loss, Optimizer, Preset, values
-from stackgan_cli.commands.options import DeviceOption, SeedOption
+from stackgan_cli.commands.options import DeviceOption, SeedOption, VocabularyOption
 from stackgan_cli.devices import Device
 from stackgan_cli.training.config import TrainConfig
 
@@ -254,15 +254,7 @@ def train(
             show_default=False,
         ),
     ] = None,
-    vocabulary: Annotated[
-        Path | None,
-        typer.Option(
-            "--vocabulary",
-            metavar="captions.pickle",
-            help="With an official --damsm folder: the captions.pickle of its vocabulary.",
-            show_default=False,
-        ),
-    ] = None,
+    vocabulary: VocabularyOption = None,
     damsm_weight: Annotated[
         float,
         typer.Option(

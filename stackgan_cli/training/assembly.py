@@ -82,6 +82,40 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def restore_progress(
+    state: dict[str, Any],
+    source: Any,
+    *,
+    files: Any,
+    ctx: dist_utils.DistContext,
+    device: torch.device,
+    seed: int,
+    sampler: Any,
+) -> tuple[int, float]:
+    """What every run takes back from a checkpoint besides its networks: ``files``' metrics
+    length and last saved position, this rank's random streams, and ``(global_step,
+    elapsed)``, returned."""
+    from stackgan_cli.console import warn
+    from stackgan_cli.training import checkpoint as ckpt
+
+    global_step = int(state["global_step"])
+    files.metrics_bytes = int(state.get("metrics_bytes", 0))
+    rng = state["rng"]
+    if len(rng) == ctx.world_size:
+        ckpt.restore_rng(rng[ctx.rank], device)
+    else:
+        # Another number of processes than the run had: no exact continuation is possible,
+        # so give every rank fresh, distinct random streams.
+        if ctx.is_main:
+            warn(
+                f"{source} was written by {len(rng)} processes and training continues "
+                f"with {ctx.world_size}: the continuation is not bit-identical"
+            )
+        seed_everything(seed + ctx.rank + 1_000_003 * global_step)
+    files.last_saved = (sampler.epoch, sampler.step)
+    return global_step, float(state.get("elapsed", 0.0))
+
+
 def build_training_parts(
     cfg: Any,
     family: Family,

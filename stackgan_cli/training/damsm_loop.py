@@ -49,7 +49,6 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from stackgan_cli.console import warn
 from stackgan_cli.damsm_file import save_damsm_file
 from stackgan_cli.data.batch import Batch
 from stackgan_cli.data.sampler import DeviceBatchSampler
@@ -67,7 +66,7 @@ from stackgan_cli.text.damsm_text import DAMSMText
 from stackgan_cli.text.words import WORDS_NUM, WordVocabulary, caption_id_arrays
 from stackgan_cli.training import checkpoint as ckpt
 from stackgan_cli.training import distributed as dist_utils
-from stackgan_cli.training.assembly import seed_everything
+from stackgan_cli.training.assembly import restore_progress, seed_everything
 from stackgan_cli.training.config import TrainConfig
 from stackgan_cli.training.damsm_weights import (
     Backbone,
@@ -347,20 +346,15 @@ class DAMSMTrainer:
                 self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise StackGANError(f"{source} does not fit this DAMSM run: {exc}") from None
-        self.global_step = int(state["global_step"])
-        self.elapsed = float(state.get("elapsed", 0.0))
-        self.files.metrics_bytes = int(state.get("metrics_bytes", 0))
-        rng = state["rng"]
-        if len(rng) == self.ctx.world_size:
-            ckpt.restore_rng(rng[self.ctx.rank], self.device)
-        else:
-            if self.ctx.is_main:
-                warn(
-                    f"{source} was written by {len(rng)} processes and training continues "
-                    f"with {self.ctx.world_size}: the continuation is not bit-identical"
-                )
-            seed_everything(self.cfg.seed + self.ctx.rank + 1_000_003 * self.global_step)
-        self.files.last_saved = (self.sampler.epoch, self.sampler.step)
+        self.global_step, self.elapsed = restore_progress(
+            state,
+            source,
+            files=self.files,
+            ctx=self.ctx,
+            device=self.device,
+            seed=self.cfg.seed,
+            sampler=self.sampler,
+        )
 
     def truncate_metrics(self) -> None:
         """Drop metrics lines written after the checkpoint being resumed from."""

@@ -17,11 +17,10 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from stackgan_cli.console import warn
 from stackgan_cli.errors import StackGANError
 from stackgan_cli.families import family_for_training
 from stackgan_cli.models import ModelConfig
@@ -31,6 +30,7 @@ from stackgan_cli.training.assembly import (
     Execution,
     build_sampler,
     build_training_parts,
+    restore_progress,
     seed_everything,
 )
 from stackgan_cli.training.config import SAMPLE_CAPTIONS, SAMPLE_NOISES, TrainConfig, lr_at
@@ -78,6 +78,7 @@ class TrainResult:
     out: Path | None
     already_complete: bool = False  # resume found nothing left to train
     main_process: bool = True  # rank 0 (or no torchrun): the one that reports
+    file_label: ClassVar[str] = "generator file"  # what generator_path holds, for messages
 
 
 class Trainer:
@@ -207,22 +208,15 @@ class Trainer:
             raise StackGANError(
                 f"{source} does not fit this run's networks or data: {exc}"
             ) from None
-        self.global_step = int(state["global_step"])
-        self.elapsed = float(state.get("elapsed", 0.0))
-        self.files.metrics_bytes = int(state.get("metrics_bytes", 0))
-        rng = state["rng"]
-        if len(rng) == self.ctx.world_size:
-            ckpt.restore_rng(rng[self.ctx.rank], self.device)
-        else:
-            # Another number of processes than the run had: no exact continuation is possible,
-            # so give every rank fresh, distinct random streams.
-            if self.ctx.is_main:
-                warn(
-                    f"{source} was written by {len(rng)} processes and training continues "
-                    f"with {self.ctx.world_size}: the continuation is not bit-identical"
-                )
-            seed_everything(self.cfg.seed + self.ctx.rank + 1_000_003 * self.global_step)
-        self.files.last_saved = (self.sampler.epoch, self.sampler.step)
+        self.global_step, self.elapsed = restore_progress(
+            state,
+            source,
+            files=self.files,
+            ctx=self.ctx,
+            device=self.device,
+            seed=self.cfg.seed,
+            sampler=self.sampler,
+        )
 
     def truncate_metrics(self) -> None:
         """Drop metrics lines written after the checkpoint being resumed from."""
