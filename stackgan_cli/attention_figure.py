@@ -9,6 +9,7 @@ caption beneath, as in the AttnGAN paper's figures.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,3 +43,34 @@ def attention_figure(
         lit = (image[None] + 1.0) * (DIM + (1.0 - DIM) * weights[:, None]) - 1.0
         rows.append(torch.cat([image[None], lit]))
     return strip(torch.stack(rows), ["image", *words], caption=caption)
+
+
+def sample_figures(
+    bundle: Any,
+    text: Any,
+    noise: Any,
+    prompts: Sequence[str],
+    captions: Sequence[str],
+    device: torch.device,
+) -> list[list[Image.Image]]:
+    """The attention figure of every sample of an AttnGAN generator file ``bundle``: for each
+    prompt (its DAMSM features ``text``, one row per prompt), one figure per noise row, the
+    words labelled as the vocabulary reads them."""
+    family, n = bundle.family, len(noise)
+    vocabulary = bundle.text_encoder.vocabulary
+    figures = []
+    for p, prompt in enumerate(prompts):
+        ids, _ = vocabulary.encode(prompt)
+        words = [vocabulary.words[i] for i in ids][: int(text.lengths[p])]
+        rows = torch.full((n,), p, dtype=torch.int64)
+        with torch.inference_mode():
+            images, maps = family.attention(
+                bundle.generator, text[rows].to(device), noise.to(device)
+            )
+        figures.append(
+            [
+                attention_figure([i[k] for i in images], [m[k] for m in maps], words, captions[p])
+                for k in range(n)
+            ]
+        )
+    return figures

@@ -108,7 +108,8 @@ def draw_series(
 
 
 def draw_losses(records: Sequence[dict], title: str = "") -> Image.Image:
-    """A line chart of the SERIES over ``step``; non-finite values are left out."""
+    """A line chart of the SERIES over ``step``; records whose step or value is not a finite
+    number are left out."""
     image = Image.new("RGB", _SIZE, (255, 255, 255))
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=14)  # the bitmap font where Pillow lacks FreeType
@@ -118,7 +119,7 @@ def draw_losses(records: Sequence[dict], title: str = "") -> Image.Image:
         key: [
             (float(r["step"]), float(r[key]))
             for r in records
-            if key in r and r[key] is not None and math.isfinite(float(r[key]))
+            if _finite_number(r.get("step")) and _finite_number(r.get(key))
         ]
         for key, _, _ in SERIES
     }
@@ -145,6 +146,17 @@ def draw_losses(records: Sequence[dict], title: str = "") -> Image.Image:
         draw_text(draw, (legend_x - width, y0 + 6), name, font, colour, "left-top")
         legend_x -= width + 16
     return image
+
+
+def _finite_number(value: object) -> bool:
+    """Whether a metrics value is a number within the float range (records of other
+    versions or damaged files may hold anything)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def plot_losses(metrics_path: Path, out_path: Path, title: str = "") -> Path:

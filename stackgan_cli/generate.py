@@ -11,6 +11,7 @@ batch does not matter either).
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import secrets
 from collections.abc import Sequence
@@ -26,9 +27,12 @@ from stackgan_cli.console import err
 from stackgan_cli.devices import pick_device
 from stackgan_cli.errors import StackGANError, UsageError
 from stackgan_cli.families.base import SampleNoise
+from stackgan_cli.formats import check_regular_file
 from stackgan_cli.generator_file import GeneratorBundle, load_generator_file, newest_generator
 from stackgan_cli.imaging import captioned_grid, save_png, side_by_side, strip, to_pixels
 from stackgan_cli.limits import MAX_SAMPLES, MAX_STEPS
+
+EMBEDDING_OPTION = "--embedding-file"
 
 
 @dataclass
@@ -99,28 +103,86 @@ def check_out_dir(out_dir: Path) -> None:
 
 def read_embedding_file(path: Path, text_dim: int) -> Tensor:
     """A ``.npy`` of precomputed text embeddings, (P, text_dim) or (text_dim,), as a float32
-    (P, text_dim) tensor."""
+    (P, text_dim) tensor.
+
+    The header is checked before any data is read: the dtype must be real numbers (floats or
+    integers), the shape must suit the generator and the file must hold as many bytes as the
+    header promises, so a damaged or hostile header never makes numpy allocate its shape.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise StackGANError(f"--embedding-file {path} does not exist")
+    where = f"{EMBEDDING_OPTION} {path}"
+    check_regular_file(path, where)
     try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise StackGANError(
-            f"--embedding-file {path} is not a readable .npy array ({exc})"
-        ) from None
-    if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.number):
-        raise StackGANError(f"--embedding-file {path} must hold a numeric array")
+        with open(path, "rb") as handle:
+            shape, dtype = _npy_header(handle, where)
+            _check_embedding_header(shape, dtype, text_dim, where)
+            needed = dtype.itemsize * math.prod(shape)
+            present = os.fstat(handle.fileno()).st_size - handle.tell()
+            if present < needed:
+                raise StackGANError(
+                    f"{where} is truncated: its header promises shape {shape} of {dtype} "
+                    f"({needed} bytes of data) but the file holds {present} bytes after it"
+                )
+            handle.seek(0)
+            array = np.load(handle, allow_pickle=False)
+    except OSError as exc:
+        raise StackGANError(f"{where} could not be read: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise StackGANError(f"{where} is not a readable .npy array ({exc})") from None
     if array.ndim == 1:
         array = array[None, :]
-    if array.ndim != 2 or array.shape[1] != text_dim or array.shape[0] == 0:
-        raise StackGANError(
-            f"--embedding-file {path} has shape {array.shape}; this generator needs "
-            f"(P, {text_dim}) or ({text_dim},)"
-        )
     if not np.isfinite(array).all():
-        raise StackGANError(f"--embedding-file {path} contains NaN or infinite values")
+        raise StackGANError(f"{where} contains NaN or infinite values")
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def _npy_header(handle: Any, where: str) -> tuple[tuple[int, ...], np.dtype]:
+    """``(shape, dtype)`` from the header of the ``.npy`` file open in ``handle``, which is
+    left at the start of the data."""
+    readers = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }
+    try:
+        version = np.lib.format.read_magic(handle)
+        reader = readers.get(version)
+        if reader is None:
+            raise ValueError(
+                f"its .npy format version {version[0]}.{version[1]} is used for structured "
+                "arrays only"
+            )
+        shape, _fortran_order, dtype = reader(handle)
+    except (ValueError, EOFError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StackGANError(f"{where} is not a .npy array file ({message})") from None
+    return tuple(int(side) for side in shape), dtype
+
+
+def _check_embedding_header(
+    shape: tuple[int, ...], dtype: np.dtype, text_dim: int, where: str
+) -> None:
+    """StackGANError unless a header's ``dtype`` holds real numbers and its ``shape`` is
+    (P, text_dim) with P > 0 or (text_dim,)."""
+    # Complex values would lose their imaginary part in the float32 cast, booleans, strings,
+    # objects and records are not embeddings at all.
+    if dtype.fields is not None or dtype.kind not in "fiu":
+        raise StackGANError(
+            f"{where} holds {_dtype_name(dtype)} values; embeddings are real numbers "
+            "(a float or integer array)"
+        )
+    rows = shape[0] if len(shape) == 2 else 1
+    if len(shape) not in (1, 2) or shape[-1] != text_dim or rows == 0:
+        raise StackGANError(
+            f"{where} has shape {shape}; this generator needs (P, {text_dim}) or ({text_dim},)"
+        )
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    """A dtype as the user would write it: ``complex128``, ``bool``, ``<U5``, ``object``,
+    or the fields of a record."""
+    if dtype.fields is not None:
+        return f"structured {dtype.descr}"
+    return dtype.name if dtype.kind not in "SUV" else dtype.str
 
 
 def normalize_prompts(prompts: Sequence[str]) -> list[str]:
@@ -294,6 +356,9 @@ def generate(
         raise ValueError(f"steps must be between 2 and {MAX_STEPS}, got {steps}")
     check_options(prompts, stage, show_stages, size, embedding_file, interpolate_between)
     check_out_dir(out_dir)
+    # A folder, a FIFO or a missing file fails before anything is loaded (and nothing blocks).
+    if embedding_file is not None:
+        check_regular_file(embedding_file, f"{EMBEDDING_OPTION} {embedding_file}")
     # Normalise first, so that an empty prompt fails before the generator is loaded.
     normalized = normalize_prompts(prompts) if embedding_file is None else None
     ends_normalized = [
@@ -310,6 +375,9 @@ def generate(
     damsm_text = None
     if damsm is not None:
         from stackgan_cli.damsm_file import load_damsm
+
+        if vocabulary is not None:
+            check_regular_file(Path(vocabulary).expanduser(), f"--vocabulary {vocabulary}")
 
         damsm_text = load_damsm(damsm, vocabulary, image_encoder=False).text
     torch_device = pick_device(device)
@@ -476,23 +544,13 @@ def _write_attention(
     device: torch.device,
 ) -> None:
     """``PP_KK_attention.png`` for every sample: its attention figure over every output."""
-    from stackgan_cli.attention_figure import attention_figure
+    from stackgan_cli.attention_figure import sample_figures
 
-    family, n = bundle.family, len(noise)
-    vocabulary = bundle.text_encoder.vocabulary
-    for p, prompt in enumerate(prompts):
-        ids, _ = vocabulary.encode(prompt)
-        words = [vocabulary.words[i] for i in ids][: text.lengths[p]]
-        rows = torch.full((n,), p, dtype=torch.int64)
-        with torch.inference_mode():
-            images, maps = family.attention(
-                bundle.generator, text[rows].to(device), noise.to(device)
-            )
-        paths = []
-        for k in range(n):
-            figure = attention_figure(
-                [image[k] for image in images], [m[k] for m in maps], words, captions[p]
-            )
-            name = image_name(p, k, len(prompts), n, "_attention")
-            paths.append(save_png(figure, result.out_dir / name))
+    n = len(noise)
+    figures = sample_figures(bundle, text, noise, prompts, captions, device)
+    for p, row in enumerate(figures):
+        paths = [
+            save_png(figure, result.out_dir / image_name(p, k, len(prompts), n, "_attention"))
+            for k, figure in enumerate(row)
+        ]
         result.attention.append(paths)

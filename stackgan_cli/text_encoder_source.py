@@ -8,11 +8,13 @@ or a ``text_encoder.pt``. An existing file wins over a dataset of the same name.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from stackgan_cli.errors import StackGANError
+from stackgan_cli.formats import check_regular_file
 from stackgan_cli.generator_file import FORMAT as GENERATOR_FORMAT
 from stackgan_cli.generator_file import GeneratorBundle, text_encoder_from_dict
 
@@ -24,8 +26,9 @@ def load_text_encoder(source: str | Path) -> Any:
     generator file or ``text_encoder.pt``) or a prepared dataset name or path. Raises a one-line
     StackGANError when there is none there."""
     path = Path(source).expanduser()
-    if path.is_file():
-        return _from_file(path)
+    if os.path.lexists(path) and not path.is_dir():
+        # A file (or a FIFO, a broken link: refused as such, never opened) wins over a dataset.
+        return _from_file(check_regular_file(path, f"{OPTION} {path}"))
     from stackgan_cli.data.prepared import load_prepared
 
     try:

@@ -35,6 +35,30 @@ def _lively(generator: nn.Module) -> nn.Module:
     return generator.eval()
 
 
+def write_attngan_file(root: Path) -> Path:
+    """A tiny three-branch AttnGAN generator file whose DAMSM text encoder knows CAPTIONS'
+    words (random weights: enough for attention maps to vary)."""
+    import dataclasses
+
+    from stackgan_cli.models import AttnGANGenerator, DAMSMTextEncoder
+    from stackgan_cli.text.damsm_text import DAMSMText
+    from stackgan_cli.text.words import WordVocabulary
+
+    cfg = dataclasses.replace(
+        ModelConfig.preset("birds-attngan"),
+        text_dim=16, word_dim=8, gf_dim=4, df_dim=4, z_dim=8, condition_dim=4, r_num=1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    vocabulary = WordVocabulary.build(CAPTIONS)
+    text = DAMSMText(DAMSMTextEncoder(cfg, len(vocabulary)), vocabulary, cfg)
+    path = root / "attngan.pt"
+    save_generator_file(
+        path, _lively(AttnGANGenerator(cfg)), cfg, family="attngan", text_encoder=text,
+        dataset="shapes", epoch=1,
+    )  # fmt: skip
+    return path
+
+
 def write_generator_files(root: Path) -> dict[int | str, Path]:
     """Tiny generator files with a briefly trained text encoder: Stage I (key 1), Stage II
     (key 2) and a three-branch StackGAN-v2 tree (key "v2")."""
@@ -71,17 +95,26 @@ def write_generator_files(root: Path) -> dict[int | str, Path]:
 
 class LiveServer:
     """``app`` served by uvicorn on 127.0.0.1 in a background thread, as ``stackgan serve``
-    runs it; ``with LiveServer(app) as server: server.url``."""
+    runs it (its connection limits, :func:`uvicorn_options`, which ``options`` may replace);
+    ``with LiveServer(app) as server: server.url``."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, **options) -> None:
         import uvicorn
+
+        from stackgan_cli.serve.server import uvicorn_options
 
         # The socket is bound here and handed to uvicorn, so no other process can take the
         # port between choosing it and serving on it.
         self.socket = socket.socket()
         self.socket.bind(("127.0.0.1", 0))
         self.port = self.socket.getsockname()[1]
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            **{**uvicorn_options(), **options},
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True

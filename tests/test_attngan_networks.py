@@ -27,6 +27,7 @@ from stackgan_cli.models.losses import (
     attngan_generator_loss,
     damsm_sentence_loss,
     damsm_word_loss,
+    damsm_word_loss_batched,
     kl_loss,
 )
 
@@ -462,6 +463,24 @@ def test_damsm_word_loss_matches_loop(class_ids):
     assert len(att_maps) == 4
     for got, want in zip(att_maps, maps, strict=True):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("class_ids", [None, [3, 1, 3, 2, 1, 0]])
+def test_the_batched_word_loss_agrees_with_the_official_loop_values_and_gradients(class_ids):
+    gen = torch.Generator().manual_seed(1)
+    lengths = torch.tensor([7, 7, 5, 3, 2, 1])
+    features = torch.randn(6, 16, 17, 17, generator=gen, requires_grad=True)
+    words = torch.randn(6, 16, 7, generator=gen)
+    words[2, :, 5:] = 9.0  # padding holds values: they must not count
+    words.requires_grad_(True)
+    looped = damsm_word_loss(features, words, lengths, class_ids)[:2]
+    batched = damsm_word_loss_batched(features, words, lengths, class_ids)
+    for want, got in zip(looped, batched, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    grads = [torch.autograd.grad(sum(parts), (features, words)) for parts in (looped, batched)]
+    for want, got in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert grads[1][1][2, :, 5:].abs().max() == 0  # padding gets no gradient
 
 
 def test_damsm_sentence_loss_matches_loop_and_class_masking():

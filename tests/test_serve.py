@@ -24,7 +24,7 @@ with warnings.catch_warnings():
     # Newer Starlette asks for httpx2 (Python 3.11+) and warns about httpx, which still works.
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient
-from serve_helpers import LiveServer, write_generator_files  # noqa: E402
+from serve_helpers import LiveServer, write_attngan_file, write_generator_files  # noqa: E402
 
 from stackgan_cli.cli import app as cli_app  # noqa: E402
 from stackgan_cli.errors import StackGANError  # noqa: E402
@@ -32,7 +32,8 @@ from stackgan_cli.runs import collect_runs  # noqa: E402
 from stackgan_cli.serve import generation  # noqa: E402
 from stackgan_cli.serve.app import STATIC_DIR, create_app  # noqa: E402
 from stackgan_cli.serve.generation import LoadedGenerator  # noqa: E402
-from stackgan_cli.serve.validation import MAX_BODY_BYTES  # noqa: E402
+from stackgan_cli.serve.server import uvicorn_options  # noqa: E402
+from stackgan_cli.serve.validation import MAX_BODY_BYTES, MAX_WAITING_REQUESTS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +193,27 @@ def test_a_stackgan_v2_file_serves_each_branch(files, runs_dir):
         assert "makes 64, 128 or 256" in answer.json()["error"]
 
 
+def test_an_attngan_file_answers_with_its_attention_figures(client, tmp_path, runs_dir):
+    with TestClient(
+        create_app(write_attngan_file(tmp_path), device="cpu", runs_dir=runs_dir)
+    ) as attn:
+        model = attn.get("/api/health").json()["model"]
+        assert model["family"] == "attngan" and model["attention"] is True
+        base = {"prompts": ["a red circle", "a blue square on a plain background"], "n": 2}
+        result = _generate(attn, **base, seed=4, size=128, attention=True).json()
+        figures = result["attention"]
+        assert [len(row) for row in figures] == [2, 2]
+        # One row per attending stage (64 and 128 px: the branches up to the size asked for
+        # and beyond: every output), the image then one map per word: wider for more words.
+        short, long = _pixels(figures[0][0]), _pixels(figures[1][0])
+        assert short.std() > 10 and long.shape[1] > short.shape[1]
+        assert result["images"] == _generate(attn, **base, seed=4, size=128).json()["images"]
+        assert "attention" not in _generate(attn, **base, seed=4).json()
+    assert client.get("/api/health").json()["model"]["attention"] is False
+    answer = _generate(client, prompts=["a red circle"], n=1, attention=True)
+    assert answer.status_code == 422 and "AttnGAN" in answer.json()["error"]
+
+
 BAD_REQUESTS = [
     # (body or raw bytes, content type, status, words of the error)
     (b"{not json", "application/json", 400, "not valid JSON"),
@@ -250,7 +272,7 @@ def test_a_megabyte_is_refused_before_it_is_read(client):
     assert answer.status_code == 413 and str(MAX_BODY_BYTES) in answer.json()["error"]
 
 
-def test_16_concurrent_requests_are_all_answered_one_generation_at_a_time(
+def test_16_concurrent_requests_are_answered_or_refused_one_generation_at_a_time(
     files, runs_dir, monkeypatch
 ):
     running, most = 0, 0
@@ -280,8 +302,11 @@ def test_16_concurrent_requests_are_all_answered_one_generation_at_a_time(
 
         with ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(ask, range(16)))
-    assert [answer.status_code for answer in answers] == [200] * 16
-    assert [answer.json()["seed"] for answer in answers] == list(range(16))
+    # Past the queue's bound a request is refused (503) rather than left waiting.
+    answered = [seed for seed, answer in enumerate(answers) if answer.status_code == 200]
+    assert all(answer.status_code in (200, 503) for answer in answers)
+    assert len(answered) >= MAX_WAITING_REQUESTS + 1
+    assert [answers[seed].json()["seed"] for seed in answered] == answered
     assert most == 1
 
 
@@ -384,6 +409,7 @@ def test_serve_prints_the_url_and_runs_uvicorn_on_the_loopback(files, fake_uvico
         "port": 8123,
         "log_level": "warning",
         "timeout_graceful_shutdown": 5,
+        **uvicorn_options(),
     }
     assert "open http://127.0.0.1:8123/" in result.stderr
     assert str(files[1]) in result.stderr

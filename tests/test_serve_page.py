@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
-from serve_helpers import LiveServer, write_generator_files  # noqa: E402
+from serve_helpers import LiveServer, write_attngan_file, write_generator_files  # noqa: E402
 
 from stackgan_cli.serve.app import create_app  # noqa: E402
 
@@ -113,3 +113,43 @@ def test_type_a_prompt_generate_and_see_the_grid(tmp_path, capsys):
     with capsys.disabled():
         print(f"\nscreenshot of the page: {screenshot}")
     assert Image.open(screenshot).size[0] == 1100
+
+
+@pytest.mark.slow
+def test_an_attngan_file_shows_where_each_word_looked(tmp_path, capsys):
+    _need_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    app = create_app(write_attngan_file(tmp_path), device="cpu", runs_dir=tmp_path / "runs")
+    screenshot = tmp_path / "serve-attention.png"
+    with LiveServer(app) as server, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(server.url + "/")
+            expect(page.locator("#model")).to_contain_text("AttnGAN")
+            expect(page.locator("#attention-field")).to_be_visible()
+            page.fill("#prompts", "a red circle on a plain background")
+            page.fill("#n", "2")
+            page.fill("#seed", "3")
+            page.check("#attention")
+            page.click("#generate")
+            figures = page.locator("#attention-figures img")
+            expect(figures).to_have_count(2, timeout=60_000)
+            expect(page.locator("#attention-maps")).to_be_visible()
+            width = _loaded_width(figures.first)
+            pixels = _decoded(figures.first.get_attribute("src"))
+            assert pixels.shape[1] == width and pixels.std() > 10
+            assert "red circle" in figures.first.get_attribute("alt")
+            page.screenshot(path=str(screenshot), full_page=True)
+            # Unticked, the next answer carries no figures and the section goes away.
+            page.uncheck("#attention")
+            page.click("#generate")
+            expect(page.locator("#attention-maps")).to_be_hidden(timeout=60_000)
+            assert errors == []
+        finally:
+            browser.close()
+    with capsys.disabled():
+        print(f"\nscreenshot of the page: {screenshot}")

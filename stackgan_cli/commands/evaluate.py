@@ -133,7 +133,12 @@ def evaluate(
     """
     from stackgan_cli.evaluation.report import save_report
     from stackgan_cli.evaluation.runner import EvalOptions, evaluate
+    from stackgan_cli.formats import check_regular_file
     from stackgan_cli.reports import print_evaluation
+
+    if vocabulary is not None and damsm is not None:
+        # The captions.pickle reader opens what it is given: a FIFO would block it.
+        check_regular_file(vocabulary.expanduser(), f"--vocabulary {vocabulary}")
 
     both = not inception and not fid and not r_precision
     inception, fid = inception or both, fid or both

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
 from stackgan_cli import paths
 from stackgan_cli.console import err, info, warn
 from stackgan_cli.errors import StackGANError
+from stackgan_cli.formats import check_regular_file
 
 VARIANT = "inception-v3-compat"
 """torch-fidelity's registered name of the TF-compatible Inception-v3 feature extractor."""
@@ -115,9 +117,7 @@ def resolve_weights(local: Path | None) -> tuple[Path, str]:
     """
     if local is not None:
         local = Path(local).expanduser()
-        if not local.is_file():
-            raise StackGANError(f"--inception-weights {local}: no such file")
-        return local, "--inception-weights"
+        return check_regular_file(local, f"--inception-weights {local}"), "--inception-weights"
     target = default_weights_path()
     if target.is_file():
         return target, "cache"
@@ -148,31 +148,21 @@ def load_inception(local: Path | None = None, device: str | torch.device = "cpu"
 
     The file is read once, checked to load with ``weights_only=True`` (so the plain
     ``torch.load`` inside torch-fidelity only ever sees a verified tensor file) and handed over
-    from memory.
+    from memory. A cached copy that does not load (truncated, overwritten) is reported as
+    damaged, with the advice to delete it so that the next run downloads it again; it is left
+    in place for the user to inspect.
     """
     path, source = resolve_weights(local)
-    data = path.read_bytes()
     try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling failure means "not a weights file"
-        raise StackGANError(f"{path} is not a PyTorch weights file ({exc})") from None
-    fc = state.get("fc.weight") if isinstance(state, dict) else None
-    if not isinstance(fc, Tensor) or tuple(fc.shape) != (1008, 2048):
-        raise StackGANError(
-            f"{path} is not torch-fidelity's Inception-v3 weights file ({WEIGHTS_FILENAME})"
-        )
-    del state
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StackGANError(f"{path} could not be read: {exc.strerror or exc}") from None
     try:
-        extractor = FeatureExtractorInceptionV3(
-            VARIANT,
-            [LOGITS_LAYER, POOL_LAYER],
-            feature_extractor_weights_path=io.BytesIO(data),
-            verbose=False,
-        )
-    except RuntimeError as exc:
-        raise StackGANError(
-            f"{path} does not match torch-fidelity's Inception-v3 ({str(exc).splitlines()[0]})"
-        ) from None
+        extractor = _extractor(data)
+    except _NotInceptionWeights as exc:
+        if source == "cache":
+            raise StackGANError(_damaged_cache_message(path, data, str(exc))) from None
+        raise StackGANError(f"{path} {exc}") from None
     device = torch.device(device)
     extractor.to(device)
     net = InceptionNet(extractor, device, path, _sha256(data), source)
@@ -182,3 +172,53 @@ def load_inception(local: Path | None = None, device: str | torch.device = "cpu"
             f"{net.weights_sha256[:12]}...): the scores are not comparable with published ones"
         )
     return net
+
+
+class _NotInceptionWeights(Exception):
+    """A weights file's bytes that are not torch-fidelity's Inception-v3; the message says
+    what they are instead, as a predicate ("is not ...", "does not match ...")."""
+
+
+def _extractor(data: bytes) -> FeatureExtractorInceptionV3:
+    """torch-fidelity's network with the weights file ``data``."""
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise _NotInceptionWeights(
+            "is not a plain PyTorch tensor file (it holds objects that weights_only loading "
+            "refuses, or it is not a PyTorch file at all)"
+        ) from None
+    except Exception:  # any other failure to unpickle: a cut or overwritten file
+        raise _NotInceptionWeights(
+            "is not a readable PyTorch file (truncated or corrupt)"
+        ) from None
+    fc = state.get("fc.weight") if isinstance(state, dict) else None
+    if not isinstance(fc, Tensor) or tuple(fc.shape) != (1008, 2048):
+        raise _NotInceptionWeights(
+            f"is not torch-fidelity's Inception-v3 weights file ({WEIGHTS_FILENAME})"
+        )
+    del state
+    try:
+        return FeatureExtractorInceptionV3(
+            VARIANT,
+            [LOGITS_LAYER, POOL_LAYER],
+            feature_extractor_weights_path=io.BytesIO(data),
+            verbose=False,
+        )
+    except RuntimeError as exc:
+        raise _NotInceptionWeights(
+            f"does not match torch-fidelity's Inception-v3 ({str(exc).splitlines()[0]})"
+        ) from None
+
+
+def _damaged_cache_message(path: Path, data: bytes, problem: str) -> str:
+    """The error for the cached weights file ``path`` (holding ``data``) that ``problem``."""
+    digest = _sha256(data)
+    facts = f"{len(data)} bytes"
+    if not digest.startswith(WEIGHTS_SHA256_PREFIX):
+        facts += f", sha256 {digest[:12]}... where the published file's starts with "
+        facts += WEIGHTS_SHA256_PREFIX
+    return (
+        f"the cached Inception weights file {path} {problem}; {facts}: delete it and the "
+        f"next run downloads it again from {weights_url()}"
+    )

@@ -5,7 +5,7 @@ official recipe of each stage; what each term measures is an :class:`Adversarial
 by name (``LOSSES``). The official one, ``bce``, is binary cross-entropy on the probabilities
 the discriminator heads output (they end in Sigmoid), as the official ``nn.BCELoss``. The BCE
 always runs in float32 outside autocast: ``binary_cross_entropy`` is refused under CUDA
-autocast.
+autocast. Non-finite probabilities give a NaN loss, never an error.
 """
 
 from __future__ import annotations
@@ -22,9 +22,18 @@ from stackgan_cli.models.memory import memory_format_of
 
 
 def _bce(probs: Tensor, target: float) -> Tensor:
+    """Mean binary cross-entropy of ``probs`` against ``target``, in float32; NaN when a
+    probability is not finite (a diverged discriminator), so that the training loop's
+    non-finite guard stops the run."""
     probs = probs.float()
     with torch.autocast(device_type=probs.device.type, enabled=False):
-        return F.binary_cross_entropy(probs, torch.full_like(probs, target))
+        # binary_cross_entropy refuses NaN (an error on the CPU, a device-side assert that
+        # poisons the CUDA context): it sees a stand-in, and the result says NaN instead.
+        finite = torch.isfinite(probs)
+        loss = F.binary_cross_entropy(
+            torch.where(finite, probs, 0.5), torch.full_like(probs, target)
+        )
+        return torch.where(finite.all(), loss, torch.nan)
 
 
 @dataclass(frozen=True)
@@ -208,4 +217,5 @@ from stackgan_cli.models.losses_attngan import (  # noqa: E402, F401
     attngan_generator_loss,
     damsm_sentence_loss,
     damsm_word_loss,
+    damsm_word_loss_batched,
 )

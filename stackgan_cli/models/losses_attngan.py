@@ -28,9 +28,16 @@ ClassIds = Tensor | np.ndarray | Sequence[int] | None
 
 
 def _bce(probs: Tensor, target: float) -> Tensor:
+    """Mean binary cross-entropy in float32, NaN (never an error) when a probability is not
+    finite, as ``stackgan_cli.models.losses`` computes it: the training loop's non-finite
+    guard then stops a diverged run."""
     probs = probs.float()
     with torch.autocast(device_type=probs.device.type, enabled=False):
-        return F.binary_cross_entropy(probs, torch.full_like(probs, target))
+        finite = torch.isfinite(probs)
+        loss = F.binary_cross_entropy(
+            torch.where(finite, probs, 0.5), torch.full_like(probs, target)
+        )
+        return torch.where(finite.all(), loss, torch.nan)
 
 
 def _lengths(cap_lens: Tensor | Sequence[int]) -> list[int]:
@@ -132,6 +139,44 @@ def damsm_word_loss(
     scores = torch.cat(similarities, 1) * gamma3  # (B images, B captions)
     loss0, loss1 = _match_losses(scores, class_ids)
     return loss0, loss1, att_maps
+
+
+def damsm_word_loss_batched(
+    features: Tensor,
+    words_emb: Tensor,
+    cap_lens: Tensor | Sequence[int],
+    class_ids: ClassIds = None,
+    gamma1: float = 4.0,
+    gamma2: float = 5.0,
+    gamma3: float = 10.0,
+) -> tuple[Tensor, Tensor]:
+    """:func:`damsm_word_loss`'s ``(loss0, loss1)`` computed for every caption and image at
+    once: the same maths (each caption's padding masked out of both softmaxes' inputs and of the
+    sum over its words), with no loop over captions, so it rounds differently (agreement to
+    about 1e-6; tests/test_attngan_networks.py) and runs several times faster on a CPU. What
+    DAMSM pre-training steps with; the official loop stays the reference everywhere else."""
+    batch, dim, height, width = features.shape
+    lengths = torch.as_tensor(_lengths(cap_lens), device=features.device)
+    if len(lengths) != batch or words_emb.size(0) != batch:
+        raise ValueError(
+            f"{batch} images but {words_emb.size(0)} captions and {len(lengths)} lengths"
+        )
+    longest = int(lengths.max())
+    words = words_emb[:, :, :longest]  # (B captions, D, T)
+    padding = torch.arange(longest, device=features.device)[None, :] >= lengths[:, None]  # (B, T)
+    regions = features.reshape(batch, dim, height * width)  # (B images, D, R)
+    # scores[i, j, r, t] = v_r(image j) . e_t(caption i)
+    scores = torch.einsum("jdr,idt->ijrt", regions, words)
+    scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
+    attn = torch.softmax(scores, dim=3)  # over the caption's words
+    attn = torch.softmax(attn.transpose(2, 3) * gamma1, dim=3)  # (i, j, t, r): over regions
+    context = torch.einsum("jdr,ijtr->ijdt", regions, attn)  # (i, j, D, T)
+    dot = (words[:, None] * context).sum(dim=2)  # (i, j, T)
+    norms = torch.norm(words, 2, dim=1)[:, None] * torch.norm(context, 2, dim=2)
+    cosines = dot / norms.clamp(min=1e-8)
+    weights = torch.exp(cosines * gamma2).masked_fill(padding[:, None, :], 0.0)
+    scores_ij = torch.log(weights.sum(dim=2))  # (captions i, images j)
+    return _match_losses(scores_ij.t() * gamma3, class_ids)
 
 
 def damsm_sentence_loss(

@@ -18,15 +18,24 @@ so ``stackgan runs --json`` and ``GET /api/runs`` give scripts a stable shape:
   ``inception_score``, ``fid``, ``diversity``, ``r_precision`` (its mean), for those the report
   has) or None.
 - ``generator``, ``sample`` (newest ``samples/epoch_NNNN.png``), ``losses_plot``: paths or None.
-- ``problems``: what is missing or unreadable; a damaged run is listed, never fatal.
+- ``problems``: what is missing, unreadable or malformed; a damaged run is listed, never fatal.
+
+Reading a run never blocks and is bounded: only regular files are read (a named pipe or a
+device in its place is a problem), config.json and evaluation reports up to
+:data:`MAX_JSON_BYTES`, and metrics.jsonl only from its end. A value of the wrong JSON type
+(a list for ``arch``) or a non-finite number (older versions wrote ``"lr_g": Infinity``) is
+a problem and null, so every record is strict JSON.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import json
 import math
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +45,12 @@ from stackgan_cli.errors import StackGANError
 from stackgan_cli.evaluation.report import checkpoint_reports
 from stackgan_cli.families.registry import ARCHS, spec_for_run
 from stackgan_cli.training.config import TrainConfig
-from stackgan_cli.training.metrics_file import read_metrics
+from stackgan_cli.training.metrics_file import (
+    FileTooLarge,
+    NotRegularFile,
+    last_record,
+    read_limited,
+)
 
 BOOKKEEPING = frozenset(
     {
@@ -96,6 +110,10 @@ KEYS = (
 
 _ACTIVITY_FILES = ("config.json", "metrics.jsonl", "generator.pt", "checkpoints/last.pt")
 
+MAX_JSON_BYTES = 2**20
+"""The largest config.json or evaluation report read (ours are a few kilobytes); a larger
+one is damaged."""
+
 
 def collect_runs(runs_dir: Path | None = None) -> list[dict[str, Any]]:
     """One record per sub-folder of ``runs_dir`` (default: the cache's runs/), newest first
@@ -129,24 +147,22 @@ def read_run(run_dir: Path, *, updated: float | None = None) -> dict[str, Any]:
         problems.append("config.json has no training settings")
         train = None
     if train is not None:
+        train = checked_train(train, problems)
         record.update(_family(train))
         record["regime"] = regime(train)
         record["epochs_planned"] = _int_or_none(train.get("epochs"))
-        model_config = config.get("model")
-        record["model_config"] = model_config if isinstance(model_config, dict) else None
-    record["dataset"] = _dataset_name(config, train)
+    if isinstance(config, dict) and "model" in config:
+        record["model_config"] = _model_config(config["model"], problems)
+    record["dataset"] = _dataset_name(config, train, problems)
 
-    metrics = read_metrics(run_dir / "metrics.jsonl", problems)
-    if metrics:
-        last = metrics[-1]
+    last = last_record(run_dir / "metrics.jsonl", problems)
+    if last is not None:
         record["epochs_done"] = _int_or_none(last.get("epoch"))
         record["steps"] = _int_or_none(last.get("step"))
         record["time_s"] = _float_or_none(last.get("time"))
         record["d_loss"] = _float_or_none(last.get("errD"))
         record["g_loss"] = _float_or_none(last.get("errG"))
         record["kl"] = _float_or_none(last.get("kl"))
-    elif (run_dir / "metrics.jsonl").is_file():
-        problems.append("metrics.jsonl holds no records yet")
 
     out = train.get("out") if train is not None else None
     record["evaluation"] = latest_evaluation(run_dir, out if isinstance(out, str) else None)
@@ -154,6 +170,23 @@ def read_run(run_dir: Path, *, updated: float | None = None) -> dict[str, Any]:
     record["sample"] = latest_sample(run_dir)
     record["losses_plot"] = _existing(run_dir / "losses.png")
     return record
+
+
+def checked_train(train: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """A config.json ``train`` dict with None for each value whose JSON type does not fit its
+    TrainConfig option (a list for ``arch``, text for ``epochs``...) and for each non-finite
+    number, each noted in ``problems``. Options that TrainConfig does not know (a newer
+    version's) are kept as they are."""
+    kinds = _option_kinds()
+    checked = {}
+    for name, value in train.items():
+        expected = kinds.get(name)
+        wrong = expected is not None and not _fits(value, expected)
+        if wrong or (isinstance(value, float) and not math.isfinite(value)):
+            problems.append(f"config.json: train.{name} is {_describe(value)}")
+            value = None
+        checked[name] = value
+    return checked
 
 
 def regime(train: dict[str, Any]) -> dict[str, Any]:
@@ -189,7 +222,7 @@ def latest_evaluation(run_dir: Path, out: str | None = None) -> dict[str, Any] |
     ``--out`` copy, whose checkpoint path points into the run (or at that copy)."""
     run_dir = Path(run_dir)
     inside = run_dir.resolve()
-    out_path = Path(out).expanduser().resolve() if out else None
+    out_path = _resolved(out) if out else None
     candidates = [*run_dir.glob("*.eval.json"), *run_dir.glob("*/*.eval.json")]
     if out_path is not None:
         candidates += checkpoint_reports(out_path)
@@ -200,9 +233,9 @@ def latest_evaluation(run_dir: Path, out: str | None = None) -> dict[str, Any] |
             continue
         checkpoint = report.get("checkpoint")
         ckpt = checkpoint.get("path") if isinstance(checkpoint, dict) else None
-        if not isinstance(ckpt, str):
+        ckpt_path = _resolved(ckpt) if isinstance(ckpt, str) else None
+        if ckpt_path is None:
             continue
-        ckpt_path = Path(ckpt).expanduser().resolve()
         ours = (
             candidate == run_dir / "generator.eval.json"
             or ckpt_path.is_relative_to(inside)
@@ -243,9 +276,11 @@ def _evaluation_summary(path: Path, ckpt: str, report: dict[str, Any]) -> dict[s
 
 def _family(train: dict[str, Any]) -> dict[str, Any]:
     """family (the --arch), stage, branches and the model label from a ``train`` dict, as
-    its family in the registry describes a run of it."""
+    its family in the registry describes a run of it (all None if ``arch`` is not text)."""
     arch, stage = train.get("arch", "v1"), _int_or_none(train.get("stage"))
-    spec = spec_for_run(arch, stage) if isinstance(arch, str) else None
+    if not isinstance(arch, str):
+        return {"family": None, "stage": stage, "branches": None, "model": None}
+    spec = spec_for_run(arch, stage)
     if spec is None:
         label = f"{arch} stage {stage}" if isinstance(stage, int) else str(arch)
         return {"family": str(arch), "stage": stage, "branches": None, "model": label}
@@ -257,25 +292,105 @@ def _family(train: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _dataset_name(config: Any, train: dict[str, Any] | None) -> str | None:
+def _model_config(model: Any, problems: list[str]) -> dict[str, Any] | None:
+    """config.json's ``model`` dict: its widths and switches, non-finite numbers as None;
+    entries that are not numbers, text, booleans or null are noted and left out."""
+    if not isinstance(model, dict):
+        problems.append(f"config.json: model is {_describe(model)}")
+        return None
+    widths = {}
+    for name, value in model.items():
+        if isinstance(value, (list, dict)):
+            problems.append(f"config.json: model.{name} is {_describe(value)}")
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"config.json: model.{name} is {_describe(value)}")
+            value = None
+        widths[name] = value
+    return widths
+
+
+def _dataset_name(config: Any, train: dict[str, Any] | None, problems: list[str]) -> str | None:
     dataset = config.get("dataset") if isinstance(config, dict) else None
     if isinstance(dataset, dict) and isinstance(dataset.get("name"), str):
         return dataset["name"]
+    if isinstance(dataset, dict) and "name" in dataset:
+        problems.append(f"config.json: dataset.name is {_describe(dataset['name'])}")
+    elif dataset is not None and not isinstance(dataset, dict):
+        problems.append(f"config.json: dataset is {_describe(dataset)}")
     source = train.get("dataset") if train is not None else None
     return Path(source).name if isinstance(source, str) and source else None
 
 
 def _read_json(path: Path, problems: list[str] | None) -> Any:
-    """The parsed file, or None (with a note in ``problems``) if missing or broken."""
+    """The parsed file, or None (with a note in ``problems``) if missing, not a regular file,
+    larger than :data:`MAX_JSON_BYTES` or broken."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(read_limited(path, MAX_JSON_BYTES))
     except FileNotFoundError:
         note = f"{path.name} is missing"
+    except (NotRegularFile, FileTooLarge) as exc:
+        note = f"{path.name} is {exc}"
+    except RecursionError:
+        note = f"{path.name} is unreadable (nested too deeply)"
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         note = f"{path.name} is unreadable ({type(exc).__name__})"
     if problems is not None:
         problems.append(note)
     return None
+
+
+def _resolved(name: str) -> Path | None:
+    """``name`` as an absolute path (``~`` expanded), or None if it cannot be one (an unknown
+    ``~user``, a NUL character)."""
+    try:
+        return Path(name).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
+@functools.cache
+def _option_kinds() -> dict[str, tuple[type, ...]]:
+    """The JSON types each TrainConfig option takes, from its annotation (``int | None``:
+    int and NoneType), for the options whose values are plain JSON scalars."""
+    hints = typing.get_type_hints(TrainConfig)
+    kinds = {}
+    for field in dataclasses.fields(TrainConfig):
+        hint = hints[field.name]
+        union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        options = typing.get_args(hint) if union else (hint,)
+        if all(option in (str, int, float, bool, type(None)) for option in options):
+            kinds[field.name] = options
+    return kinds
+
+
+def _fits(value: Any, kinds: tuple[type, ...]) -> bool:
+    """Whether a JSON value fits an option taking ``kinds`` (an int fits a float option, an
+    integral float an int option)."""
+    if value is None or isinstance(value, (bool, str)):
+        return type(value) in kinds
+    if isinstance(value, int):
+        return int in kinds or float in kinds
+    if isinstance(value, float):
+        return float in kinds or (int in kinds and value.is_integer())
+    return False
+
+
+def _describe(value: Any) -> str:
+    """A JSON value in a problem note: its kind, or the number it is."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int):
+        return str(value) if abs(value) < 10**12 else "a large integer"
+    if not math.isfinite(value):
+        return f"not a finite number ({value})"
+    return f"{value:g}"
 
 
 def _updated(run_dir: Path) -> float:
@@ -293,7 +408,10 @@ def _same(value: Any, default: Any) -> bool:
     if isinstance(default, bool) or default is None or isinstance(value, bool):
         return value == default and type(value) is type(default)
     if isinstance(default, (int, float)) and isinstance(value, (int, float)):
-        return math.isclose(value, default, rel_tol=1e-12, abs_tol=0.0)
+        try:
+            return math.isclose(value, default, rel_tol=1e-12, abs_tol=0.0)
+        except OverflowError:  # an integer beyond the float range: no default is that large
+            return False
     return value == default
 
 
@@ -317,10 +435,14 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def _float_or_none(value: Any) -> float | None:
-    """A finite number as float, else None (JSON has no NaN)."""
+    """A finite number as float, else None (JSON has no NaN; an integer beyond the float
+    range is None too)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
     return value if math.isfinite(value) else None
 
 

@@ -10,20 +10,25 @@
 - ``GET /api/health``: the loaded model, the device and the request limits.
 
 Every error is ``{"error": "one line"}`` with a 4xx status (5xx only for a failure of the
-server itself). Generation runs in a worker thread, one request at a time per device, so the
-page and the other routes stay responsive while it works.
+server itself, or 503 when the generation queue is full). Generation runs in a worker thread,
+one request at a time per device, so the page and the other routes stay responsive while it
+works; at most ``MAX_WAITING_REQUESTS`` wait behind it, and one whose client has gone when its
+turn comes is skipped. The runs view serves only regular files that resolve inside the runs
+folder (no symbolic link out of it), and its errors name the run, never a path.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Sequence
+import stat
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from anyio import from_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -36,9 +41,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from stackgan_cli import __version__, paths
 from stackgan_cli.errors import StackGANError
 from stackgan_cli.imaging import to_pixels
-from stackgan_cli.runs.records import collect_runs, latest_sample
-from stackgan_cli.serve.generation import Generated, LoadedGenerator
+from stackgan_cli.runs.records import collect_runs
+from stackgan_cli.serve.generation import ClientGone, Generated, LoadedGenerator, RequestQueue
 from stackgan_cli.serve.validation import (
+    MAX_WAITING_REQUESTS,
     ApiError,
     GenerateRequest,
     limits,
@@ -84,6 +90,7 @@ def create_app(
     if allowed_hosts is not None:
         app.add_middleware(HostCheck, allowed_hosts=allowed_hosts)
     app.state.model = model
+    app.state.queue = RequestQueue(MAX_WAITING_REQUESTS)
     app.state.runs_dir = Path(runs_dir) if runs_dir is not None else None
     _add_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -115,7 +122,24 @@ def create_app(
         """Images for the prompts: the captioned grid and each image, as PNG data URLs."""
         body = await read_body(request.headers, request.stream())
         query = parse_generate_request(request.headers.get("content-type"), body)
-        result = await run_in_threadpool(_generate, model, query)
+        queue: RequestQueue = app.state.queue
+
+        def still_wanted() -> bool:
+            # Asked from the worker thread; the disconnect is seen on the event loop.
+            return not from_thread.run(request.is_disconnected)
+
+        if not queue.enter():
+            raise ApiError(
+                503,
+                f"the generator is busy: {queue.max_waiting} requests are already waiting; "
+                "try again in a moment",
+            )
+        try:
+            result = await run_in_threadpool(_generate, model, query, still_wanted)
+        except ClientGone:
+            return _error(499, "the client closed the connection before its turn")
+        finally:
+            queue.leave()
         return JSONResponse(result)
 
     @app.get("/api/runs")
@@ -127,7 +151,7 @@ def create_app(
     @app.get("/api/runs/{name}/sample.png")
     def run_sample(name: str) -> FileResponse:
         """The run's newest sample grid."""
-        sample = latest_sample(_run_dir(app, name))
+        sample = newest_sample(_run_dir(app, name), _runs_dir(app))
         if sample is None:
             raise HTTPException(404, f"run {name} has no sample grid yet")
         return FileResponse(sample, media_type="image/png", headers={"Cache-Control": "no-cache"})
@@ -135,16 +159,16 @@ def create_app(
     @app.get("/api/runs/{name}/losses.png")
     def run_losses(name: str) -> Response:
         """The run's losses.png, or (while it trains) the same chart drawn from its metrics."""
-        run_dir = _run_dir(app, name)
-        if (run_dir / "losses.png").is_file():
+        run_dir, runs_dir = _run_dir(app, name), _runs_dir(app)
+        chart = servable_file(run_dir / "losses.png", runs_dir)
+        if chart is not None:
             return FileResponse(
-                run_dir / "losses.png",
-                media_type="image/png",
-                headers={"Cache-Control": "no-cache"},
+                chart, media_type="image/png", headers={"Cache-Control": "no-cache"}
             )
         from stackgan_cli.charts import draw_losses
 
-        records = read_metrics(run_dir / "metrics.jsonl")
+        metrics = servable_file(run_dir / "metrics.jsonl", runs_dir)
+        records = read_metrics(metrics) if metrics is not None else []
         if not records:
             raise HTTPException(404, f"run {name} has no losses recorded yet")
         return Response(png_bytes(draw_losses(records, name)), media_type="image/png")
@@ -174,11 +198,22 @@ class HostCheck:
         await self.app(scope, receive, send)
 
 
-def _generate(model: LoadedGenerator, query: GenerateRequest) -> dict[str, Any]:
-    """Run the model (in a worker thread) and encode the result as JSON-ready data."""
+def _generate(
+    model: LoadedGenerator, query: GenerateRequest, still_wanted: Callable[[], bool]
+) -> dict[str, Any]:
+    """Run the model (in a worker thread) and encode the result as JSON-ready data, unless
+    ``still_wanted`` says the client has gone (ClientGone)."""
     result = model.generate(
-        query.prompts, n=query.n, seed=query.seed, size=query.size, stages=bool(query.stages)
+        query.prompts,
+        n=query.n,
+        seed=query.seed,
+        size=query.size,
+        stages=bool(query.stages),
+        attention=bool(query.attention),
+        still_wanted=still_wanted,
     )
+    if not still_wanted():  # gone while it generated: skip encoding the pictures
+        raise ClientGone
     return generated_payload(result)
 
 
@@ -199,6 +234,8 @@ def generated_payload(result: Generated) -> dict[str, Any]:
             }
             for output in result.smaller
         ]
+    if result.attention is not None:
+        payload["attention"] = [[data_url(figure) for figure in row] for row in result.attention]
     return payload
 
 
@@ -222,12 +259,58 @@ def _runs_dir(app: FastAPI) -> Path:
 
 
 def _run_dir(app: FastAPI, name: str) -> Path:
-    """The folder of run ``name``, which must be a direct sub-folder of the runs folder."""
+    """The folder of run ``name``: a direct entry of the runs folder that is a folder inside
+    it (a link to a folder elsewhere is not a run of this server). The 404 names the run
+    only, never the runs folder's path."""
     folder = _runs_dir(app)
     run_dir = folder / name
-    if name in ("", ".", "..") or "/" in name or "\\" in name or not run_dir.is_dir():
-        raise HTTPException(404, f"no run named {name!r} in {folder}")
+    if name in ("", ".", "..") or "/" in name or "\\" in name:
+        raise HTTPException(404, f"no run named {_shown(name)}")
+    try:
+        root = folder.resolve(strict=True)
+        resolved = run_dir.resolve(strict=True)
+        inside = resolved != root and resolved.is_relative_to(root) and resolved.is_dir()
+    except (OSError, RuntimeError, ValueError):  # missing, name too long, a link loop, NUL
+        inside = False
+    if not inside:
+        raise HTTPException(404, f"no run named {_shown(name)}")
     return run_dir
+
+
+def _shown(name: str, limit: int = 80) -> str:
+    """``name`` quoted for an error line, shortened when long."""
+    return repr(name if len(name) <= limit else name[: limit - 3] + "...")
+
+
+def servable_file(path: Path, runs_dir: Path) -> Path | None:
+    """``path`` resolved, if it is a regular file inside ``runs_dir`` (following any links);
+    None for a missing file, a folder, a FIFO or a link that leads out of the runs folder."""
+    try:
+        resolved = path.resolve(strict=True)
+        if not resolved.is_relative_to(runs_dir.resolve(strict=True)):
+            return None
+        return resolved if stat.S_ISREG(resolved.stat().st_mode) else None
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
+def newest_sample(run_dir: Path, runs_dir: Path) -> Path | None:
+    """The run's newest servable sample grid, ``samples/epoch_NNNN.png`` with the largest
+    epoch, skipping those :func:`servable_file` refuses."""
+    try:
+        grids = list((run_dir / "samples").glob("epoch_*.png"))
+    except OSError:
+        return None
+    for grid in sorted(grids, key=_sample_order, reverse=True):
+        servable = servable_file(grid, runs_dir)
+        if servable is not None:
+            return servable
+    return None
+
+
+def _sample_order(path: Path) -> tuple[int, str]:
+    digits = path.stem.removeprefix("epoch_")
+    return (int(digits) if digits.isascii() and digits.isdigit() else -1, path.name)
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from stackgan_cli.attention_figure import sample_figures
 from stackgan_cli.devices import pick_device
 from stackgan_cli.errors import StackGANError
+from stackgan_cli.formats import check_regular_file
 from stackgan_cli.generate import conditioning, normalize_prompts, run_generator
 from stackgan_cli.generator_file import GeneratorBundle, load_generator_file, newest_generator
 from stackgan_cli.imaging import captioned_grid, side_by_side
@@ -40,6 +42,34 @@ def device_lock(device: torch.device) -> threading.Lock:
         return _LOCKS.setdefault(str(device), threading.Lock())
 
 
+class ClientGone(Exception):
+    """The client of a waiting request went away before its turn: nothing was generated."""
+
+
+class RequestQueue:
+    """Admission to a model's device: the request generating and at most ``max_waiting``
+    behind it. ``enter()`` says whether a request may join; each one that did calls
+    ``leave()`` when done."""
+
+    def __init__(self, max_waiting: int) -> None:
+        self.max_waiting = max_waiting
+        self.admitted = 0
+        self._guard = threading.Lock()
+
+    def enter(self) -> bool:
+        """Join the queue, unless it is full."""
+        with self._guard:
+            if self.admitted > self.max_waiting:
+                return False
+            self.admitted += 1
+            return True
+
+    def leave(self) -> None:
+        """Leave the queue (the request was answered, refused or abandoned)."""
+        with self._guard:
+            self.admitted -= 1
+
+
 @dataclass
 class Generated:
     """One request's result: images (P, n, 3, size, size) in [-1, 1] on the CPU; when stages
@@ -52,6 +82,7 @@ class Generated:
     images: Tensor
     smaller: list[Tensor]
     grid: Image.Image
+    attention: list[list[Image.Image]] | None = None  # per prompt, per sample (AttnGAN)
 
 
 class LoadedGenerator:
@@ -86,6 +117,8 @@ class LoadedGenerator:
         if vocabulary is not None and damsm is None:
             raise StackGANError("--vocabulary goes with --damsm (an official DAMSMencoders folder)")
         encoder = load_text_encoder(text_encoder) if text_encoder is not None else None
+        if vocabulary is not None:
+            check_regular_file(Path(vocabulary), f"--vocabulary {vocabulary}")
         words = load_damsm(damsm, vocabulary, image_encoder=False).text if damsm else None
         torch_device = pick_device(device)
         path = newest_generator() if ckpt is None else Path(ckpt)
@@ -118,7 +151,8 @@ class LoadedGenerator:
 
     def describe(self) -> dict[str, Any]:
         """What is loaded, for ``GET /api/health`` and the page. ``stages`` says whether the
-        file has smaller outputs to show beside its largest."""
+        file has smaller outputs to show beside its largest, ``attention`` whether it can draw
+        attention maps (AttnGAN)."""
         bundle = self.bundle
         return {
             "path": str(bundle.path),
@@ -129,6 +163,7 @@ class LoadedGenerator:
             "source": bundle.source,
             "sizes": list(self.sizes),
             "stages": len(self.sizes) > 1,
+            "attention": self.bundle.family.reads_words,
             "device": str(self.device),
             "model_config": bundle.cfg.to_dict(),
         }
@@ -141,10 +176,19 @@ class LoadedGenerator:
         seed: int | None = None,
         size: int | None = None,
         stages: bool = False,
+        attention: bool = False,
+        still_wanted: Callable[[], bool] | None = None,
     ) -> Generated:
         """``n`` images per prompt at ``size`` (default: the largest), with the smaller outputs
-        beside them in the grid when ``stages``. Raises StackGANError for an empty prompt, a
-        size the file cannot make, or stages at the smallest size."""
+        beside them in the grid when ``stages`` and each sample's attention figure when
+        ``attention`` (AttnGAN files). Raises StackGANError for an empty prompt, a size the
+        file cannot make, stages at the smallest size, or attention from a generator that does
+        not attend to words. ``still_wanted`` is asked once the device is free; when it says
+        False nothing runs and ClientGone is raised."""
+        if attention and not self.bundle.family.reads_words:
+            raise StackGANError(
+                f"attention maps come from AttnGAN generators; this is a {self.label}"
+            )
         sizes = self.sizes
         size = sizes[-1] if size is None else size
         if size not in sizes:
@@ -161,10 +205,17 @@ class LoadedGenerator:
         seed = secrets.randbelow(2**31) if seed is None else seed
         noise = self.bundle.family.draw_noise(n, seed)
         with device_lock(self.device):
+            if still_wanted is not None and not still_wanted():
+                raise ClientGone
             embeddings, captions = conditioning(self.bundle, prompts, normalized, None)
             outputs = run_generator(
                 self.bundle, embeddings, noise, output=output, device=self.device
             )
+            figures = None
+            if attention:
+                figures = sample_figures(
+                    self.bundle, embeddings, noise, normalized, captions, self.device
+                )
         *smaller, images = outputs if stages else outputs[-1:]
         captions = [_shorten(caption) for caption in captions]
         # Each sample's outputs side by side, the smaller ones enlarged.
@@ -176,6 +227,7 @@ class LoadedGenerator:
             images=images,
             smaller=smaller,
             grid=captioned_grid(list(rows), captions),
+            attention=figures,
         )
 
 

@@ -10,12 +10,25 @@ import importlib
 import ipaddress
 import socket
 from pathlib import Path
+from typing import Any
 
 from stackgan_cli.console import info, warn
 from stackgan_cli.errors import StackGANError
 
 EXTRA_HINT = 'pip install "stackgan-cli[serve]"'
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+HEADER_TIMEOUT_S = 10.0
+"""Seconds a connection may wait for its next request head (after it opened or after its last
+answer) before it is closed; a client sending half a header and then dripping cannot hold it."""
+KEEP_ALIVE_S = 5
+"""Seconds an idle keep-alive connection stays open (uvicorn's ``timeout_keep_alive``)."""
+MAX_IDLE_CONNECTIONS = 32
+"""Connections waiting for a request head; a new one closes the longest waiting beyond this."""
+MAX_CONNECTIONS = 128
+"""Connections and requests at once (uvicorn's ``limit_concurrency``); past it requests get 503."""
+MAX_HEAD_BYTES = 16 * 1024
+"""Largest request line plus headers (uvicorn's ``h11_max_incomplete_event_size``)."""
 
 
 def require_extra() -> None:
@@ -65,6 +78,22 @@ def check_address(host: str, port: int) -> None:
             ) from None
 
 
+def uvicorn_options(header_timeout: float = HEADER_TIMEOUT_S) -> dict[str, Any]:
+    """The connection limits ``stackgan serve`` gives uvicorn (keyword arguments of
+    ``uvicorn.run`` and ``uvicorn.Config``): the guarded HTTP/1.1 protocol with
+    ``header_timeout``, no WebSockets (no route uses them), at most :data:`MAX_CONNECTIONS`
+    at once, :data:`KEEP_ALIVE_S` keep-alive and :data:`MAX_HEAD_BYTES` of request head."""
+    from stackgan_cli.serve.connections import guarded_protocol
+
+    return {
+        "http": guarded_protocol(header_timeout, MAX_IDLE_CONNECTIONS),
+        "ws": "none",
+        "limit_concurrency": MAX_CONNECTIONS,
+        "timeout_keep_alive": KEEP_ALIVE_S,
+        "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
+    }
+
+
 def serve(
     ckpt: Path | None,
     *,
@@ -103,5 +132,12 @@ def serve(
             "this machine can use it"
         )
     info(f"open {page_url(host, port)}  (Ctrl-C stops)")
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+        **uvicorn_options(),
+    )
     info("stopped")

@@ -10,6 +10,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stackgan_cli.limits import MAX_SAMPLES
@@ -24,6 +25,11 @@ MAX_PROMPT_CHARS = 2000
 """Longest caption in characters; the text encoder reads at most 96 tokens of it anyway."""
 MAX_SEED = 2**32 - 2
 """Largest seed, as for the ``--seed`` option."""
+MAX_WAITING_REQUESTS = 4
+"""Generate requests that may wait for the device behind the one generating; more are refused
+(503) at once rather than queued for minutes, each holding a worker thread."""
+BODY_TIMEOUT_S = 10.0
+"""Seconds a client has to send the whole request body; a slower one is refused (408)."""
 
 
 class ApiError(Exception):
@@ -45,6 +51,7 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     size: int | None = None
     stages: bool | None = None
+    attention: bool | None = None
 
 
 def limits() -> dict[str, int]:
@@ -55,14 +62,32 @@ def limits() -> dict[str, int]:
         "max_images": MAX_IMAGES,
         "max_prompt_chars": MAX_PROMPT_CHARS,
         "max_body_bytes": MAX_BODY_BYTES,
+        "max_waiting_requests": MAX_WAITING_REQUESTS,
     }
 
 
 async def read_body(
-    headers: dict[str, str] | Any, chunks: AsyncIterator[bytes], limit: int = MAX_BODY_BYTES
+    headers: dict[str, str] | Any,
+    chunks: AsyncIterator[bytes],
+    limit: int = MAX_BODY_BYTES,
+    timeout: float | None = None,
 ) -> bytes:
     """The request body, refusing (413) a declared or actual size over ``limit`` without
-    reading further."""
+    reading further, and (408) a body that takes longer than ``timeout`` seconds (default
+    :data:`BODY_TIMEOUT_S`) to arrive."""
+    timeout = BODY_TIMEOUT_S if timeout is None else timeout
+    try:
+        with anyio.fail_after(timeout):
+            return await _read_chunks(headers, chunks, limit)
+    except TimeoutError:
+        raise ApiError(
+            408, f"the request body did not arrive within {timeout:g} s; send it at once"
+        ) from None
+
+
+async def _read_chunks(
+    headers: dict[str, str] | Any, chunks: AsyncIterator[bytes], limit: int
+) -> bytes:
     declared = headers.get("content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
         raise ApiError(
@@ -96,6 +121,15 @@ def parse_generate_request(content_type: str | None, body: bytes) -> GenerateReq
     for index, prompt in enumerate(request.prompts):
         if not prompt.strip():
             raise ApiError(422, f"prompts[{index}] is empty: give a sentence such as 'a red bird'")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # The JSON escape \ud800 decodes to a lone surrogate: no UTF-8 answer can hold it.
+            raise ApiError(
+                422,
+                f"prompts[{index}] is not valid Unicode: a lone surrogate "
+                f"U+{ord(prompt[exc.start]):04X} at character {exc.start}",
+            ) from None
         if len(prompt) > MAX_PROMPT_CHARS:
             raise ApiError(
                 422,

@@ -37,6 +37,7 @@ async function showModel() {
     size.value = String(Math.max(...model.sizes));
     $("size-field").hidden = model.sizes.length < 2;
     $("stages-field").hidden = !model.stages;
+    $("attention-field").hidden = !model.attention;
     size.addEventListener("change", syncStages);
     syncStages();
     $("n").max = String(health.limits.max_n);
@@ -69,7 +70,24 @@ function readRequest() {
   if ($("seed").value !== "") request.seed = Number($("seed").value);
   if (!$("size-field").hidden) request.size = Number($("size").value);
   if (!$("stages-field").hidden && $("stages").checked) request.stages = true;
+  if (!$("attention-field").hidden && $("attention").checked) request.attention = true;
   return request;
+}
+
+// AttnGAN's figures: one per sample, captioned, in prompt order.
+function showAttention(result) {
+  const box = $("attention-figures");
+  const figures = (result.attention || []).flatMap((row, p) =>
+    row.map((url, k) => {
+      const image = document.createElement("img");
+      image.src = url;
+      image.alt = `attention maps of sample ${k + 1} of “${result.captions[p]}”`;
+      image.className = "attention-figure";
+      return image;
+    }),
+  );
+  box.replaceChildren(...figures);
+  $("attention-maps").hidden = figures.length === 0;
 }
 
 async function generate(event) {
@@ -96,6 +114,7 @@ async function generate(event) {
     $("seed-used").textContent = `seed ${result.seed}`;
     $("keep-seed").dataset.seed = String(result.seed);
     $("result").hidden = false;
+    showAttention(result);
     const seconds = ((performance.now() - started) / 1000).toFixed(2);
     setStatus(`${count} image${count === 1 ? "" : "s"} at ${result.size}×${result.size} in ${seconds} s`);
   } catch (error) {
