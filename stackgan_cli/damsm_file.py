@@ -14,8 +14,11 @@ one the encoders were trained with.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,17 @@ class DAMSMBundle:
     @property
     def cfg(self) -> ModelConfig:
         return self.text.cfg
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 of what the DAMSM computes: the text encoder's fingerprint (widths,
+        vocabulary, weights) and the image encoder's weights and statistics."""
+        digest = hashlib.sha256(self.text.fingerprint.encode())
+        if self.image_encoder is not None:
+            for key, value in sorted(self.image_encoder.state_dict().items()):
+                digest.update(key.encode())
+                digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def require_image_encoder(self, purpose: str) -> nn.Module:
         if self.image_encoder is None:
@@ -159,3 +173,29 @@ def _load_official(
     if image_path is not None and with_image_encoder:
         image_encoder = load_official_image_encoder(image_path, cfg)
     return DAMSMBundle(text=text, image_encoder=image_encoder, path=folder, source="official")
+
+
+def check_same_damsm(bundle: DAMSMBundle, recorded: str | None) -> None:
+    """StackGANError when a run that started with the DAMSM of fingerprint ``recorded`` is
+    given another (a replaced or different file): its features would differ."""
+    if recorded is not None and bundle.fingerprint != recorded:
+        raise StackGANError(
+            f"--damsm {bundle.path} is not the DAMSM this run started with (fingerprint "
+            f"{bundle.fingerprint[:12]}..., the run's {recorded[:12]}...): give the original file"
+        )
+
+
+@functools.lru_cache(maxsize=2)
+def _load_damsm_cached(path: str, vocabulary: str | None, stamp: tuple) -> DAMSMBundle:
+    return load_damsm(path, vocabulary)
+
+
+def load_damsm_once(path: str | Path, vocabulary: str | Path | None) -> DAMSMBundle:
+    """:func:`load_damsm`, read once per process while the file is unchanged: a run's set-up
+    reads its widths and fingerprint, then training its encoders."""
+    where = Path(path).expanduser()
+    try:
+        stamp = (where.stat().st_mtime_ns, where.stat().st_size)
+    except OSError:
+        stamp = ()
+    return _load_damsm_cached(str(where), None if vocabulary is None else str(vocabulary), stamp)

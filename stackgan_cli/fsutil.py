@@ -150,6 +150,26 @@ def file_hashes(path: Path, algorithms: Iterable[str]) -> dict[str, str]:
     return {algorithm: hasher.hexdigest() for algorithm, hasher in hashers.items()}
 
 
+def write_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be written (None when it can): its folder, or the nearest folder
+    above it that exists (the missing ones get created), must be a folder in which a file can
+    be created. Checked by creating and removing a temporary file there, so that permissions,
+    a read-only file system and a file where a folder should be all count (os.access does not
+    see the file system's state, and says yes to root)."""
+    folder = Path(path).parent
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    try:
+        fd, name = tempfile.mkstemp(prefix=".stackgan-write-check.", dir=folder)
+    except OSError as exc:
+        return f"{folder} is not writable ({exc.strerror or exc})"
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
 def copy_file(source: Path, target: Path) -> None:
     """Copy ``source`` to ``target`` atomically (a half-copied file never exists)."""
     with open(source, "rb") as src, atomic_file(Path(target), "wb") as dst:
@@ -164,8 +184,9 @@ def exclusive_lock(path: Path, busy: str) -> Iterator[None]:
     has room for that line (a full disk does not stop the lock from being taken). The operating
     system drops the lock when the holder exits, however it ends, so a lock left behind by a
     killed process is simply taken over. When another live process holds it, StackGANError
-    says ``busy`` and names that holder. Where the OS has no advisory locks (Windows) the
-    block runs unguarded.
+    says ``busy`` and names that holder; one that cannot be created (a folder without write
+    permission) is a one-line StackGANError too. Where the OS has no advisory locks (Windows)
+    the block runs unguarded.
     """
     try:
         import fcntl
@@ -173,8 +194,12 @@ def exclusive_lock(path: Path, busy: str) -> Iterator[None]:
         yield
         return
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+", encoding="utf-8") as handle:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise StackGANError(f"cannot create the lock file {path} ({exc.strerror or exc})") from None
+    with handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

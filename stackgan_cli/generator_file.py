@@ -28,7 +28,7 @@ from torch import nn
 
 from stackgan_cli import families, paths
 from stackgan_cli.errors import StackGANError
-from stackgan_cli.formats import check_format
+from stackgan_cli.formats import CHECKPOINT_FORMAT, check_format, check_regular_file
 from stackgan_cli.fsutil import atomic_torch_save
 from stackgan_cli.models.config import ModelConfig
 from stackgan_cli.models.official import assign_state_dict, empty_module, read_torch_file
@@ -138,11 +138,12 @@ def save_generator_file(
 def load_generator_file(path: str | Path, device: str | torch.device = "cpu") -> GeneratorBundle:
     """Load a generator file (or a plain official generator state dict) onto ``device``.
 
-    Raises StackGANError for a missing, truncated or non-PyTorch file, an unknown format
-    version or family, a discriminator, or any other dict that is not a StackGAN generator.
+    Raises StackGANError for a missing, truncated or non-PyTorch file (or a folder, a FIFO),
+    a training checkpoint (naming the run's generator file), an unknown format version or
+    family, a discriminator, or any other dict that is not a StackGAN generator.
     """
     path = Path(path)
-    data = read_torch_file(path)
+    data = read_torch_file(check_regular_file(path, str(path)))
     if isinstance(data, Mapping) and "format" in data:
         bundle = _from_generator_file(data, path)
     else:
@@ -152,6 +153,8 @@ def load_generator_file(path: str | Path, device: str | torch.device = "cpu") ->
 
 
 def _from_generator_file(data: Mapping[str, Any], path: Path) -> GeneratorBundle:
+    if data.get("format") == CHECKPOINT_FORMAT:
+        raise StackGANError(training_checkpoint_message(data, path))
     version = check_format(
         data,
         tag=FORMAT,
@@ -198,19 +201,50 @@ def _from_generator_file(data: Mapping[str, Any], path: Path) -> GeneratorBundle
     )
 
 
+def training_checkpoint_message(data: Mapping[str, Any], path: Path) -> str:
+    """Why ``path``, a training checkpoint (``RUN/checkpoints/last.pt`` or a snapshot), is not
+    a generator file, naming the file of its run to use instead: ``RUN/generator.pt`` (or the
+    run's ``--out`` copy), or for a DAMSM run, which trains no generator, ``RUN/damsm.pt``."""
+    train = data.get("train_config")
+    train = train if isinstance(train, Mapping) else {}
+    # The folder the checkpoint lies in wins over the recorded one: runs get moved or copied.
+    folder = path.absolute().parent
+    if folder.name == "checkpoints":
+        run_dir = folder.parent
+    elif isinstance(train.get("run_dir"), str) and train["run_dir"]:
+        run_dir = Path(train["run_dir"])
+    else:
+        run_dir = None
+    out = train.get("out")
+    name = "generator.pt" if "generator" in data else "damsm.pt"
+    where = f"{run_dir / name}" if run_dir is not None else f"the run's {name}"
+    where += f" (or the run's --out file, {out})" if isinstance(out, str) and out else ""
+    if "generator" not in data:
+        return (
+            f"{path} is a DAMSM run's training checkpoint, which holds no generator; its DAMSM "
+            f"file is {where}, for --damsm"
+        )
+    return f"{path} is a training checkpoint; generate from {where}"
+
+
 def _text_encoder(data: Any, path: Path) -> Any | None:
     return None if data is None else text_encoder_from_dict(data, str(path))
 
 
 def text_encoder_from_dict(data: Any, where: str) -> Any:
     """A ``TextEncoder`` from its ``to_dict()`` (a generator file's entry or a
-    ``text_encoder.pt``), or for AttnGAN files a ``DAMSMText``; a one-line StackGANError naming
+    ``text_encoder.pt``), for AttnGAN files a ``DAMSMText``, for StackGAN files trained on a
+    DAMSM's sentence features a ``DAMSMSentenceEncoder``; a one-line StackGANError naming
     ``where`` otherwise."""
     if not isinstance(data, Mapping):
         raise StackGANError(f"{where}: the text encoder entry is not a dict")
     from stackgan_cli.text import damsm_text
 
     if data.get("format") == damsm_text.FORMAT:
+        from stackgan_cli.text import damsm_sentences
+
+        if damsm_sentences.is_sentence_encoder_dict(data):  # a v1/v2 file trained with --damsm
+            return damsm_sentences.DAMSMSentenceEncoder.from_dict(data, where)
         return damsm_text.DAMSMText.from_dict(data, where)
     from stackgan_cli.text import TextEncoder  # the text package is heavy; only when needed
 

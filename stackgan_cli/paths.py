@@ -5,6 +5,9 @@ from pathlib import Path
 
 import platformdirs
 
+from stackgan_cli.errors import StackGANError
+from stackgan_cli.fsutil import write_problem
+
 
 def cache_root() -> Path:
     """The cache root: ``$STACKGAN_HOME`` if set, else the platform's user cache folder."""
@@ -42,3 +45,22 @@ def runs_dir() -> Path:
 def weights_dir() -> Path:
     """Third-party weights such as the Inception network used for IS/FID."""
     return cache_root() / "weights"
+
+
+def make_cache_dir(folder: Path) -> Path:
+    """Create ``folder``, a folder of the cache, with its parents, and make sure files can be
+    written in it; a one-line StackGANError naming the cache root (and ``STACKGAN_HOME``) when
+    they cannot: a read-only cache, or a file where a folder of it should be."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        problem = f"{exc.filename or folder}: {exc.strerror or exc}"
+    else:
+        problem = write_problem(folder / "probe")
+    if problem is not None:
+        raise StackGANError(
+            f"cannot write {folder} ({problem}): the cache {cache_root()} must be a writable "
+            "folder; set STACKGAN_HOME to one"
+        )
+    return folder

@@ -63,6 +63,11 @@ def prepare_summary(result: Any) -> list:
             "baseline: nearest caption", f"{report['baseline_nearest_caption_cosine']:.3f}"
         )
         renderables.append(encoder)
+    elif metadata.get("text_dim") == 0:
+        renderables.append(
+            "Text embeddings: none, captions only; train a DAMSM on it for them "
+            f"(stackgan train --arch damsm --dataset {metadata['dataset']})."
+        )
     else:
         renderables.append("Text encoder: not trained (--no-text-encoder).")
     return renderables

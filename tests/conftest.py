@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from disk_helpers import tmpfs  # noqa: F401  (a fixture for the tests that fill a disk)
 from training_helpers import write_tiny_prepared
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

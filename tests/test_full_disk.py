@@ -15,12 +15,12 @@ Linux (CI); elsewhere the tests skip.
 import errno
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from disk_helpers import mount_command as _mount
+from disk_helpers import unmount as _unmount
 from training_helpers import TINY, finite_records, load, run_cli, train_args, write_tiny_prepared
 from typer.testing import CliRunner
 
@@ -35,33 +35,6 @@ NO_SPACE = "No space left on device"
 
 def pages(size: int) -> int:
     return -(-size // PAGE)
-
-
-def _mount(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=60)
-
-
-def _unmount(path: Path) -> None:
-    if subprocess.run(["umount", str(path)], capture_output=True, timeout=60).returncode:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=60)
-
-
-@pytest.fixture
-def tmpfs(request):
-    """``mount(path, size)``: a fresh tmpfs of ``size`` bytes at ``path`` (created), unmounted
-    when the test ends; skips the test where mounting is not permitted."""
-
-    def mount(path: Path, size: int) -> Path:
-        if sys.platform != "linux" or shutil.which("mount") is None:
-            pytest.skip("a real full disk needs tmpfs mounts (Linux with mount(8))")
-        path.mkdir(parents=True, exist_ok=True)
-        result = _mount("-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path))
-        if result.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs (needs root): {result.stderr.strip()}")
-        request.addfinalizer(lambda: _unmount(path))
-        return path
-
-    return mount
 
 
 def resize(path: Path, size: int) -> None:
@@ -240,17 +213,25 @@ def test_a_full_disk_at_the_generator_file(tiny_dataset, sizes, tmpfs, tmp_path)
     assert_resumes_to_the_end(run, 2)
 
 
-def test_a_full_disk_at_a_sample_grid(tiny_dataset, tmpfs, tmp_path):
-    # samples/ is a full tmpfs of its own: the checkpoint and generator.pt go through, the
+def test_a_full_disk_at_a_sample_grid(tiny_dataset, tmpfs, tmp_path, request):
+    # samples/ is on a full tmpfs of its own: the checkpoint and generator.pt go through, the
     # PNG does not (a window of one or two pages on one shared tmpfs would be too fragile).
+    # The ballast that fills it lies outside the run, whose folder a new run finds empty: an
+    # empty folder of the full tmpfs is bind-mounted as samples/.
+    disk = tmpfs(tmp_path / "disk", PAGE)
+    (disk / "samples").mkdir()
+    fill(disk)
     run = tmp_path / "run"
-    samples = tmpfs(run / "samples", PAGE)
-    fill(samples)
+    samples = run / "samples"
+    samples.mkdir(parents=True)
+    bound = _mount("--bind", str(disk / "samples"), str(samples))
+    assert bound.returncode == 0, bound.stderr
+    request.addfinalizer(lambda: _unmount(samples))  # before the tmpfs's own (last in, first out)
     message = stopped(train_args(run, *TINY, "--sample-every", "1", epochs=2))
     assert f"writing the sample grid failed ({NO_SPACE})" in message, message
     assert not (samples / "epoch_0001.png").exists() and not leftovers(run)
     assert_intact_checkpoint(run, 1, message)
-    resize(samples, ROOMY)
+    resize(disk, ROOMY)
     assert_resumes_to_the_end(run, 2)
     assert (samples / "epoch_0002.png").is_file()
 

@@ -38,7 +38,10 @@ def resume(
 ) -> None:
     """Continue a training run exactly where it stopped (settings come from the checkpoint).
 
-    The result equals an uninterrupted run (bit for bit on the CPU). Example:
+    The result equals an uninterrupted run (bit for bit on the CPU). A checkpoint continues
+    only the run it belongs to (same family, widths and dataset as RUN_DIR/config.json), and
+    only the folder that started a run writes its --out file: a copy of the folder trains on
+    in its own folder and leaves the original's --out alone. Example:
 
         stackgan resume ~/.cache/stackgan/runs/stage1-cub-20250101-120000 --epochs 600
     """

@@ -77,7 +77,8 @@ def train(
     run_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Run directory. Default: runs/stage<N>-<dataset>-<YYYYmmdd-HHMMSS> in the cache.",
+            help="Run directory: a new or empty folder (or one whose run stopped before its "
+            "first checkpoint). Default: runs/stage<N>-<dataset>-<YYYYmmdd-HHMMSS> in the cache.",
             file_okay=False,
             show_default=False,
         ),
@@ -100,7 +101,7 @@ def train(
             show_default=False,
         ),
     ] = None,
-    gf_dim: Annotated[int | None, _width("Generator base width (birds 128).")] = None,
+    gf_dim: Annotated[int | None, _width("Generator base width (birds 128; at least 4).")] = None,
     df_dim: Annotated[int | None, _width("Discriminator base width (birds 64).")] = None,
     z_dim: Annotated[int | None, _width("Noise dimension (100).")] = None,
     condition_dim: Annotated[int | None, _width("Conditioning-augmentation size (128).")] = None,
@@ -129,6 +130,17 @@ def train(
             "(inception_v3_google-0cc3c7bd.pth) for the frozen image trunk. Default: "
             "downloaded once into the cache.",
             dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    trunk_views: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=64,
+            help="--arch damsm: fixed crops per image whose frozen Inception features are "
+            "computed once and reused every epoch (0: the official fresh crop and trunk pass "
+            "at every step). Default 4.",
             show_default=False,
         ),
     ] = None,
@@ -250,7 +262,9 @@ def train(
             metavar="PATH",
             help="--arch attngan (required): the frozen DAMSM whose word and sentence features "
             "G reads and whose matching loss enters G's: a DAMSM file or an official "
-            "DAMSMencoders/<dataset> folder (with --vocabulary).",
+            "DAMSMencoders/<dataset> folder (with --vocabulary). --arch v1/v2: a DAMSM whose "
+            "sentence features are the text embeddings (needed for a dataset without them, "
+            "such as one's own folder); the generator file carries its text encoder.",
             show_default=False,
         ),
     ] = None,

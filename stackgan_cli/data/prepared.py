@@ -10,8 +10,12 @@ Layout of a prepared dataset (``paths.prepared_dir(name)``)::
     <split>/class_ids.npy    int64 (N,)
     <split>/filenames.json   N keys "<class_dir>/<name>"
     text_encoder.pt          the trained text encoder's ``to_dict()`` (optional)
+    skipped.jsonl            the images ``--skip-bad`` left out (one's own folders only)
 
-The crops follow the official pipeline (stackgan-pytorch-spec.md 2.2).
+The crops follow the official pipeline (stackgan-pytorch-spec.md 2.2). The splits are
+``train`` and ``test``, or ``train`` alone (one's own folder with ``--test-fraction 0``). A
+dataset without char-CNN-RNN embeddings (one's own folder) has ``text_dim`` 0: embeddings of
+shape (N, 10, 0) and no text encoder.
 
 The fingerprint is the SHA-256 of the sorted ``"<relative path> <sha256 of its content>"`` lines
 of these files (for ``.npy`` files, of the array data in C order), so it identifies the data
@@ -89,6 +93,32 @@ class SplitWriter:
         self._written += 1
         if self._written % _REMAP_EVERY == 0:
             self._remap()
+
+    def shrink(self) -> None:
+        """Keep only the images appended so far, when fewer than ``count`` turned out usable:
+        each image file is copied, a block of rows at a time, into one of the right size."""
+        if self._written == self.count:
+            return
+        if self._written == 0:
+            raise ValueError(f"split {self.split!r}: no images were appended")
+        for size in IMAGE_SIZES:
+            array = self._images.pop(size)
+            array.flush()
+            filename = Path(array.filename)
+            del array
+            source = np.load(filename, mmap_mode="r")
+            partial = filename.with_name(f".{filename.name}.part")
+            target = np.lib.format.open_memmap(
+                partial, mode="w+", dtype=np.uint8, shape=(self._written, size, size, 3)
+            )
+            for start in range(0, self._written, _HASH_ROWS):
+                stop = min(start + _HASH_ROWS, self._written)
+                target[start:stop] = source[start:stop]
+            target.flush()
+            del target, source
+            os.replace(partial, filename)
+            self._images[size] = np.load(filename, mmap_mode="r+")
+        self.count = self._written
 
     def _remap(self) -> None:
         """Flush and map the image files afresh: written pages then leave this process's
@@ -264,13 +294,20 @@ class PreparedDataset:
 
     @property
     def split_names(self) -> list[str]:
-        """The splits, in the order they were written (``train``, ``test``)."""
+        """The splits, in the order they were written (``train``, ``test``; or ``train``
+        alone)."""
         return list(self.metadata["splits"])
 
     def split(self, name: str) -> PreparedSplit:
         """One split by name (``"train"`` or ``"test"``)."""
         if name not in self.metadata["splits"]:
-            raise StackGANError(f"dataset {self.name!r} has no split {name!r}")
+            hint = ""
+            if name == "test":
+                hint = (
+                    f" (it was prepared with every image for training); prepare it again with "
+                    f"`stackgan prepare PATH --name {self.name} --test-fraction F --force`"
+                )
+            raise StackGANError(f"dataset {self.name!r} has no split {name!r}{hint}")
         if name not in self._splits:
             count = int(self.metadata["splits"][name]["images"])
             self._splits[name] = PreparedSplit(self.root / name, name, count)

@@ -17,6 +17,10 @@ sorted by caption length, longest first (stable), as the official ``prepare_data
 The word choice is drawn with the rest of the plan, after it, so plans without words are as
 before.
 
+With ``views=K`` (DAMSM pre-training over cached trunk outputs, training/trunk_cache.py) a
+sample draws one of its image's K fixed views instead of a crop and a flip: the batch carries
+the views' rows (``image * K + view``) in place of images, and no image is held.
+
 Because the plan depends only on the generator's state at the start of the epoch, the sampler's
 state is that generator state plus the position (epoch, step); resuming mid-epoch redraws the
 same plan and continues at the same batch. Under DDP every rank draws the same plan and takes
@@ -39,10 +43,11 @@ CAPTIONS_PER_IMAGE = 10
 class DeviceBatchSampler:
     """Random-crop, flip and caption sampling of a device-resident split.
 
-    ``images``: uint8 (N, L, L, 3); ``embeddings``: float32 (N, 10, D); ``image_size``: the
-    crop size S (64 or 256). Each call of :meth:`next_batch` returns ``(images, embeddings)``:
-    float32 (batch_size, 3, S, S) in [-1, 1] (memory layout channels_last when asked for, else
-    contiguous NCHW) and float32 (batch_size, D).
+    ``images``: uint8 (N, L, L, 3) (None with ``views``); ``embeddings``: float32 (N, 10, D);
+    ``image_size``: the crop size S (64 or 256). Each call of :meth:`next_batch` returns a
+    :class:`Batch` of float32 images (batch_size, 3, S, S) in [-1, 1] (memory layout
+    channels_last when asked for, else contiguous NCHW) and float32 embeddings (batch_size, D);
+    with ``views`` > 0, the rows of the chosen views in place of the images.
     """
 
     def __init__(
@@ -60,19 +65,26 @@ class DeviceBatchSampler:
         words: tuple[np.ndarray | Tensor, np.ndarray | Tensor] | None = None,
         class_ids: np.ndarray | Tensor | None = None,
         words_num: int = 18,
+        views: int = 0,
     ) -> None:
-        if images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != images.shape[2]:
+        self.views = int(views)
+        if images is not None and (
+            images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != images.shape[2]
+        ):
             raise ValueError(f"images must be (N, L, L, 3), got {tuple(images.shape)}")
-        if embeddings.ndim != 3 or embeddings.shape[0] != images.shape[0]:
+        if images is None and self.views <= 0:
+            raise ValueError("images are needed unless the batches carry views")
+        num_images = embeddings.shape[0] if images is None else images.shape[0]
+        if embeddings.ndim != 3 or embeddings.shape[0] != num_images:
             raise ValueError(
-                f"embeddings must be (N, captions, D) with N = {images.shape[0]}, "
+                f"embeddings must be (N, captions, D) with N = {num_images}, "
                 f"got {tuple(embeddings.shape)}"
             )
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside a world of {world_size}")
         self.device = torch.device(device)
-        self.num_images = int(images.shape[0])
-        self.load_size = int(images.shape[1])
+        self.num_images = int(num_images)
+        self.load_size = int(images.shape[1]) if images is not None else int(image_size)
         self.image_size = int(image_size)
         if self.image_size > self.load_size:
             raise ValueError(f"cannot crop {image_size}x{image_size} from {self.load_size}")
@@ -88,7 +100,7 @@ class DeviceBatchSampler:
                 f"the split has {self.num_images} images, fewer than one batch of "
                 f"{self.global_batch} ({self.batch_size} x {world_size} processes)"
             )
-        self.images = _to_device(images, torch.uint8, self.device)
+        self.images = None if images is None else _to_device(images, torch.uint8, self.device)
         self.embeddings = _to_device(embeddings, torch.float32, self.device)
         self.words_num = int(words_num)
         self.tokens = self.token_lengths = self.class_ids = None
@@ -119,8 +131,12 @@ class DeviceBatchSampler:
         n, g = self.num_images, self._generator
         used = self.steps_per_epoch * self.global_batch
         order = torch.randperm(n, generator=g)[:used]
-        crops = torch.randint(0, self.load_size - self.image_size + 1, (used, 2), generator=g)
-        flips = torch.randint(0, 2, (used,), generator=g, dtype=torch.bool)
+        if self.views:
+            looks = {"view": torch.randint(0, self.views, (used,), generator=g)}
+        else:
+            crops = torch.randint(0, self.load_size - self.image_size + 1, (used, 2), generator=g)
+            flips = torch.randint(0, 2, (used,), generator=g, dtype=torch.bool)
+            looks = {"row": crops[:, 0], "col": crops[:, 1], "flip": flips}
         captions = torch.randint(0, self.num_captions, (used,), generator=g)
         extra = {}
         if self.tokens is not None:
@@ -130,9 +146,7 @@ class DeviceBatchSampler:
         shape = (self.steps_per_epoch, self.world_size, self.batch_size)
         plan = {
             "index": order.view(shape),
-            "row": crops[:, 0].view(shape),
-            "col": crops[:, 1].view(shape),
-            "flip": flips.view(shape),
+            **{key: value.view(shape) for key, value in looks.items()},
             "caption": captions.view(shape),
             **{key: value.view(*shape, -1) for key, value in extra.items()},
         }
@@ -152,9 +166,12 @@ class DeviceBatchSampler:
         assert self._plan is not None
         plan, s = self._plan, self.step
         index = plan["index"][s]
-        images = self._crop(index, plan["row"][s], plan["col"][s], plan["flip"][s])
         text = self.embeddings[index, plan["caption"][s]]
-        batch = Batch(images=images, text=text)
+        if self.views:
+            batch = Batch(images=None, text=text, view_rows=index * self.views + plan["view"][s])
+        else:
+            images = self._crop(index, plan["row"][s], plan["col"][s], plan["flip"][s])
+            batch = Batch(images=images, text=text)
         if self.tokens is not None:
             batch = self._with_words(batch, index, plan["caption"][s], plan["word_keys"][s])
         self.step += 1
@@ -183,9 +200,10 @@ class DeviceBatchSampler:
         mask = self._positions[None, :longest] >= lengths[:, None]
         words = words[:, :longest].masked_fill(mask, 0)
         return Batch(
-            images=batch.images[order],
+            images=batch.images[order] if batch.images is not None else None,
             text=batch.text[order],
             wrong=batch.wrong[order] if batch.wrong is not None else None,
+            view_rows=batch.view_rows[order] if batch.view_rows is not None else None,
             tokens=words,
             token_mask=mask,
             class_ids=self.class_ids[index][order] if self.class_ids is not None else None,

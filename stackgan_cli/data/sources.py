@@ -25,6 +25,11 @@ def _drive_url(file_id: str) -> str:
 
 
 _BIRDS_DRIVE_ID = "0B3y_msrWZaXLT1BZdVdycDY5TEE"
+# Google Drive ids from the READMEs of hanzhanggit/StackGAN (flowers) and
+# hanzhanggit/StackGAN-Pytorch (COCO: "training coco" and "evaluating coco").
+_FLOWERS_DRIVE_ID = "0B3y_msrWZaXLaUc0UXpmcnhaVmM"
+_COCO_DRIVE_ID = "0B3y_msrWZaXLQXVzOENCY2E3TlU"
+_COCO_TEST_DRIVE_ID = "0B3y_msrWZaXLeEs5MTg0RC1fa0U"
 
 ARTIFACTS: dict[str, Artifact] = {
     artifact.name: artifact
@@ -41,6 +46,46 @@ ARTIFACTS: dict[str, Artifact] = {
             name="birds.zip",
             url=_drive_url(_BIRDS_DRIVE_ID),
             drive_id=_BIRDS_DRIVE_ID,
+        ),
+        # Oxford-102 flower images (Nilsback & Zisserman), from the Oxford VGG site. MD5 as
+        # torchvision's Flowers102 dataset publishes it.
+        Artifact(
+            name="102flowers.tgz",
+            url="https://www.robots.ox.ac.uk/~vgg/data/flowers/102/102flowers.tgz",
+            md5="52808999861908f626f3c1f4e79d11fa",
+            size=344862509,
+        ),
+        # StackGAN's flowers split, captions (Reed et al.) and char-CNN-RNN embeddings; no
+        # published checksum.
+        Artifact(
+            name="flowers.zip",
+            url=_drive_url(_FLOWERS_DRIVE_ID),
+            drive_id=_FLOWERS_DRIVE_ID,
+        ),
+        # MS-COCO 2014 images (cocodataset.org); MD5s as published with their download lists.
+        Artifact(
+            name="train2014.zip",
+            url="http://images.cocodataset.org/zips/train2014.zip",
+            md5="0da8c0bd3d6becc4dcb32757491aca88",
+            size=13510573713,
+        ),
+        Artifact(
+            name="val2014.zip",
+            url="http://images.cocodataset.org/zips/val2014.zip",
+            md5="a3d79f5ed8d289b7a7554ce06a5782b3",
+            size=6645013297,
+        ),
+        # StackGAN-Pytorch's COCO split, captions and char-CNN-RNN embeddings, and its test
+        # captions with their embeddings (a Torch7 file); no published checksums.
+        Artifact(
+            name="coco.zip",
+            url=_drive_url(_COCO_DRIVE_ID),
+            drive_id=_COCO_DRIVE_ID,
+        ),
+        Artifact(
+            name="val_captions.t7",
+            url=_drive_url(_COCO_TEST_DRIVE_ID),
+            drive_id=_COCO_TEST_DRIVE_ID,
         ),
     )
 }

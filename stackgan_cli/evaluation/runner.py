@@ -475,6 +475,8 @@ def evaluate_generator(options: EvalOptions) -> dict:
             from stackgan_cli.text_encoder_source import no_text_encoder_message
 
             raise StackGANError(no_text_encoder_message(bundle, embedding_file=False))
+    elif hasattr(bundle.text_encoder, "embed_captions"):
+        pass  # trained on a DAMSM's sentence features: its encoder embeds the test captions
     elif embeddings.ndim != 3 or embeddings.shape[2] != bundle.cfg.text_dim:
         raise StackGANError(
             f"{dataset.name} has {embeddings.shape[-1]}-d text embeddings but {ckpt} expects "

@@ -14,17 +14,17 @@ that caption.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from stackgan_cli.damsm_file import check_same_damsm
+from stackgan_cli.damsm_file import load_damsm_once as _damsm
 from stackgan_cli.data.batch import Batch
 from stackgan_cli.errors import StackGANError, UsageError
 from stackgan_cli.families.base import Family, GeneratorOutput, RealView, SampleNoise
@@ -154,6 +154,7 @@ class AttnGAN(Family):
     def for_training(cls, train_cfg: Any, cfg: ModelConfig) -> Family:
         damsm = _damsm(train_cfg.damsm, train_cfg.vocabulary)
         damsm.require_image_encoder("training AttnGAN (its matching loss)")
+        check_same_damsm(damsm, train_cfg.damsm_fingerprint)
         if damsm.cfg.text_dim != cfg.text_dim:
             raise StackGANError(
                 f"--damsm {train_cfg.damsm} gives {damsm.cfg.text_dim}-d features; this run's "
@@ -297,21 +298,3 @@ class TrainingText:
 
     features: WordFeatures
     class_ids: Tensor | None
-
-
-@functools.lru_cache(maxsize=2)
-def _damsm_cached(path: str, vocabulary: str | None, stamp: tuple) -> Any:
-    from stackgan_cli.damsm_file import load_damsm
-
-    return load_damsm(path, vocabulary)
-
-
-def _damsm(path: str, vocabulary: str | None) -> Any:
-    """The DAMSM of ``--damsm path`` (``--vocabulary``), read once per process: the run's set-up
-    reads its widths, then training its encoders."""
-    where = Path(path).expanduser()
-    try:
-        stamp = (where.stat().st_mtime_ns, where.stat().st_size)
-    except OSError:
-        stamp = ()
-    return _damsm_cached(str(where), vocabulary, stamp)

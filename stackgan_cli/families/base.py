@@ -265,8 +265,10 @@ class Family(ABC):
         """The conditioning of dataset captions (a sample grid's rows, evaluation samples) from
         their texts and their (rows, D) dataset embeddings, indexable by row like a tensor:
         the embeddings by default. ``text_encoder`` is a generator file's (None: the one the
-        family trains with)."""
-        return embeddings
+        family trains with); one that embeds dataset captions itself (a DAMSM sentence
+        encoder, for files trained with ``--damsm``) gives the embeddings instead."""
+        embed = getattr(text_encoder, "embed_captions", None)
+        return embed(captions) if embed is not None else embeddings
 
     def text_encoder_entry(self, dataset: Any) -> Any:
         """The text encoder a generator file of a run carries: the dataset's by default."""

@@ -42,6 +42,17 @@ def _tree_run_label(spec: FamilySpec, train: Mapping[str, Any]) -> str:
 GENERATOR = "generator"
 ENCODERS = "encoders"
 
+FAMILY_OPTIONS = {
+    "uncond_coeff": "--uncond-coeff",
+    "color_coeff": "--color-coeff",
+    "damsm_weight": "--damsm-weight",
+}
+"""TrainConfig fields that only some families read (FamilySpec.options), with their option."""
+
+MIN_WIDTHS = {"gf_dim": 4}
+"""The smallest widths every family's networks take (others: 1): Stage-II G's last upsampling
+block has gf_dim // 4 channels, and models/config.py ModelConfig refuses less for every family."""
+
 
 @dataclass(frozen=True)
 class FamilySpec:
@@ -61,6 +72,10 @@ class FamilySpec:
     run_label: Callable[[FamilySpec, Mapping[str, Any]], str] = _v1_run_label
     # What a run of it trains: GENERATOR (generator files, samples) or ENCODERS (a DAMSM file).
     kind: str = GENERATOR
+    # The FAMILY_OPTIONS its runs read; a run of another family refuses them.
+    options: frozenset[str] = frozenset()
+    # The smallest value of each ModelConfig width (a --gf-dim ... option) its networks take.
+    min_widths: Mapping[str, int] = field(default_factory=lambda: dict(MIN_WIDTHS))
 
     @property
     def trains_generator(self) -> bool:
@@ -105,6 +120,7 @@ FAMILIES: dict[str, FamilySpec] = {
             # stackgan-v2-spec.md 1: batch 24, the parameter average 0.999 (no stages)
             train_defaults={"stage": None, "branches": 3, "batch_size": 24, "ema": 0.999},
             run_label=_tree_run_label,
+            options=frozenset({"uncond_coeff", "color_coeff"}),
         ),
         FamilySpec(
             key="attngan",
@@ -123,6 +139,7 @@ FAMILIES: dict[str, FamilySpec] = {
                 "kl_coeff": 1.0,
             },
             run_label=_tree_run_label,
+            options=frozenset({"damsm_weight"}),
         ),
         FamilySpec(
             key="damsm",
@@ -138,11 +155,13 @@ FAMILIES: dict[str, FamilySpec] = {
                 "stage": None,
                 "batch_size": 48,
                 "lr_encoder": 0.002,
+                "trunk_views": 4,
                 "epochs": 600,
                 "snapshot_every": 50,
             },
             run_label=_encoders_run_label,
             kind=ENCODERS,
+            min_widths={},  # it takes no GAN widths (and checks its own: text_dim even)
         ),
     )
 }
@@ -155,6 +174,11 @@ def generator_specs() -> list[FamilySpec]:
     """The families that train a generator (what generator files and official state dicts can
     hold), in registry order."""
     return [spec for spec in FAMILIES.values() if spec.trains_generator]
+
+
+def users_of(option: str) -> list[FamilySpec]:
+    """The families whose runs read the FAMILY_OPTIONS field ``option``, in registry order."""
+    return [spec for spec in FAMILIES.values() if option in spec.options]
 
 
 def specs_of_arch(arch: str) -> list[FamilySpec]:

@@ -11,8 +11,11 @@ Saved as a plain dict (``to_dict``), inside AttnGAN generator files and DAMSM fi
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -93,6 +96,18 @@ class DAMSMText:
     @property
     def out_dim(self) -> int:
         return self.cfg.text_dim
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 of the widths, the vocabulary and the weights: what the encoder computes,
+        whatever file it came from."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps(self.cfg.to_dict(), sort_keys=True).encode())
+        digest.update("\n".join(self.vocabulary.words).encode())
+        for key, value in sorted(self.encoder.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def token_ids(self, prompts: Sequence[str]) -> list[list[int]]:
         """Each prompt's word ids; one warning names the words outside the vocabulary, and a

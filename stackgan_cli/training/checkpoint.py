@@ -35,10 +35,10 @@ import numpy as np
 import torch
 
 from stackgan_cli.errors import StackGANError
-from stackgan_cli.formats import check_format
+from stackgan_cli.formats import CHECKPOINT_FORMAT, check_format
 from stackgan_cli.fsutil import atomic_torch_save
 
-FORMAT = "stackgan-checkpoint"
+FORMAT = CHECKPOINT_FORMAT
 FORMAT_VERSION = 2
 LAST = "last.pt"
 _REQUIRED = (

@@ -37,12 +37,18 @@ class TrainConfig:
     damsm: str | None = None
     vocabulary: str | None = None
     damsm_weight: float = 5.0
+    # The fingerprint (DAMSMBundle.fingerprint) of the --damsm a run started with, recorded at
+    # its start so that a resume with a replaced file is refused.
+    damsm_fingerprint: str | None = None
     # --arch damsm (DAMSM pre-training, attngan-spec.md 8.1): the encoders' learning rate,
     # multiplied by 0.98 after every epoch while above a tenth of it (TRAIN.ENCODER_LR: the
     # config default 2e-4, the DAMSM recipe 2e-3), and the torchvision Inception-v3 ImageNet
     # weights of the frozen image trunk (None: downloaded once into the cache's weights/).
     lr_encoder: float = 2e-4
     inception_weights: str | None = None
+    # DAMSM: fixed views per image whose frozen-trunk outputs are computed once
+    # (training/trunk_cache.py); 0 runs the trunk at every step. The damsm recipe sets 4.
+    trunk_views: int = 0
     # Moving average of G's parameters after every G step (0 = none, the v1 recipe; v2: 0.999).
     # Samples and generator files use the average; training continues from the trained weights.
     ema: float = 0.0
@@ -52,6 +58,9 @@ class TrainConfig:
     run_dir: str = ""  # filled in when the run starts (runs/<stageN-dataset-time>)
     stage1_ckpt: str | None = None  # Stage II: the Stage-I generator file (or official netG)
     out: str | None = None  # copy the final generator file here
+    # The run folder (absolute) that owns --out: a copy of that folder resumed elsewhere does
+    # not write it (training/run.py). None with no --out, and in runs older than this field.
+    out_owner: str | None = None
     epochs: int = 600
     batch_size: int = 64  # per process; under torchrun the global batch is this x processes
     lr_g: float = 2e-4

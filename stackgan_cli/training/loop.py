@@ -123,7 +123,8 @@ class Trainer:
             world_size=ctx.world_size,
             name=repr(dataset.name),
         )
-        test = dataset.split("test")
+        # one's own folder prepared with --test-fraction 0 has a train split alone
+        test = dataset.split("test") if "test" in dataset.split_names else train
         sheet_split = test if len(test) > 0 else train
         self.sheet = make_sample_sheet(
             sheet_split.captions,
