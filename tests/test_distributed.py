@@ -50,3 +50,33 @@ def test_two_gloo_ranks_write_one_resumable_run(tmp_path):
     state = load(run / "checkpoints/last.pt")
     # One process with batch 4 takes 4 steps per epoch.
     assert (state["epoch"], state["global_step"], state["world_size"]) == (3, 8, 1)
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_build_the_trunk_cache_together_and_pretrain_a_damsm(tmp_path):
+    import torch
+    from torchvision.models import inception_v3
+
+    write_tiny_prepared(paths.prepared_dir("tiny"))
+    torch.manual_seed(0)
+    weights = tmp_path / "inception_v3_google-test.pth"
+    torch.save(
+        inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), weights
+    )
+    run = tmp_path / "damsm"
+    args = [
+        "train", "--arch", "damsm", "--dataset", "tiny", "--epochs", "1", "--batch-size", "4",
+        "--text-dim", "16", "--word-dim", "8", "--trunk-views", "2", "--inception-weights",
+        str(weights), "--run-dir", str(run), "--log-every", "1", "--device", "cpu",
+    ]  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", "2", "-m", "stackgan_cli", *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    child = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert (child.stdout + child.stderr).count("computed once") == 1  # rank 0 alone reports
+    state = load(run / "checkpoints/last.pt")
+    assert (state["world_size"], state["epoch"], state["global_step"]) == (2, 1, 2)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "split" not in r] == [1, 2]
+    assert (run / "damsm.pt").is_file() and not (run / "trunk_features").exists()
