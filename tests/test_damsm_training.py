@@ -14,7 +14,7 @@ import signal
 import pytest
 import torch
 from http_server import LocalHTTPServer
-from training_helpers import load, run_cli, write_tiny_prepared
+from training_helpers import load, run_cli, write_inception_weights, write_tiny_prepared
 
 from stackgan_cli import paths
 from stackgan_cli.damsm_file import load_damsm
@@ -32,13 +32,8 @@ TIMING_KEYS = ("time", "images_per_s")
 @pytest.fixture(scope="module")
 def weights_bytes(tmp_path_factory):
     """A weights file with the key names of torchvision's published Inception-v3 file."""
-    from torchvision.models import inception_v3
-
-    torch.manual_seed(0)
-    net = inception_v3(weights=None, aux_logits=True, init_weights=False)
-    path = tmp_path_factory.mktemp("weights") / "inception_v3_google-test.pth"
-    torch.save(net.state_dict(), path)
-    return path
+    folder = tmp_path_factory.mktemp("weights")
+    return write_inception_weights(folder / "inception_v3_google-test.pth")
 
 
 def damsm_args(run_dir, weights, *extra, epochs=2):

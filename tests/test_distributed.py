@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from training_helpers import TINY, load, run_cli, train_args, write_tiny_prepared
+from training_helpers import (
+    TINY,
+    load,
+    run_cli,
+    train_args,
+    write_inception_weights,
+    write_tiny_prepared,
+)
 
 from stackgan_cli import paths
 
@@ -54,15 +61,8 @@ def test_two_gloo_ranks_write_one_resumable_run(tmp_path):
 
 @pytest.mark.slow
 def test_two_gloo_ranks_build_the_trunk_cache_together_and_pretrain_a_damsm(tmp_path):
-    import torch
-    from torchvision.models import inception_v3
-
     write_tiny_prepared(paths.prepared_dir("tiny"))
-    torch.manual_seed(0)
-    weights = tmp_path / "inception_v3_google-test.pth"
-    torch.save(
-        inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), weights
-    )
+    weights = write_inception_weights(tmp_path / "inception_v3_google-test.pth")
     run = tmp_path / "damsm"
     args = [
         "train", "--arch", "damsm", "--dataset", "tiny", "--epochs", "1", "--batch-size", "4",

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from training_helpers import TINY, load, run_cli
+from training_helpers import TINY, load, run_cli, write_inception_weights
 
 from stackgan_cli import paths
 from stackgan_cli.damsm_file import load_damsm
@@ -26,13 +25,8 @@ TINY_DAMSM = ["--text-dim", "16", "--word-dim", "8", "--batch-size", "4", "--tru
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    from torchvision.models import inception_v3
-
-    torch.manual_seed(0)
-    net = inception_v3(weights=None, aux_logits=True, init_weights=False)
-    path = tmp_path_factory.mktemp("weights") / "inception_v3_google-test.pth"
-    torch.save(net.state_dict(), path)
-    return path
+    folder = tmp_path_factory.mktemp("weights")
+    return write_inception_weights(folder / "inception_v3_google-test.pth")
 
 
 def _picture(path: Path, colour: tuple[int, ...], k: int) -> None:

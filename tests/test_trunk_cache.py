@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from training_helpers import load, run_cli, write_tiny_prepared
+from training_helpers import load, run_cli, write_inception_weights, write_tiny_prepared
 
 from stackgan_cli.data.prepared import load_prepared
 from stackgan_cli.data.sampler import DeviceBatchSampler
@@ -27,13 +27,8 @@ TINY_DAMSM = ["--text-dim", "16", "--word-dim", "8"]
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    from torchvision.models import inception_v3
-
-    torch.manual_seed(0)
-    net = inception_v3(weights=None, aux_logits=True, init_weights=False)
-    path = tmp_path_factory.mktemp("weights") / "inception_v3_google-test.pth"
-    torch.save(net.state_dict(), path)
-    return path
+    folder = tmp_path_factory.mktemp("weights")
+    return write_inception_weights(folder / "inception_v3_google-test.pth")
 
 
 @pytest.fixture

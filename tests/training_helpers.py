@@ -158,3 +158,14 @@ def assert_same_state(a: dict, b: dict) -> None:
             for key, value in state.items():
                 assert torch.equal(value, opt_b["state"][index][key]), f"{part}.{index}.{key}"
     assert a["global_step"] == b["global_step"]
+
+
+def write_inception_weights(path: Path) -> Path:
+    """A file with the key names and shapes of torchvision's published Inception-v3 weights
+    (random values, seed 0): what --inception-weights takes offline."""
+    import torch
+    from torchvision.models import inception_v3
+
+    torch.manual_seed(0)
+    torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), path)
+    return path
