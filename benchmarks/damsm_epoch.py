@@ -45,8 +45,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch import nn
+from inception_weights import calibrated_inception_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 CUB_MINI = ROOT.parent / "shared" / "data" / "cub-mini"
@@ -94,31 +95,12 @@ def prepare(home: Path, env: dict[str, str]) -> None:
         sys.exit(output)
 
 
-def calibrated_weights(path: Path, home: Path, batches: int = 4, batch: int = 16) -> None:
-    """Random Inception-v3 weights (torchvision's layout) whose BatchNorm running statistics
-    are the cumulative averages over ``batches`` batches of the training images' centre
-    crops."""
-    from torchvision.models import inception_v3
-
+def training_images(home: Path) -> np.ndarray:
+    """The prepared cub training images at 304 px (memory-mapped)."""
     os.environ["STACKGAN_HOME"] = str(home)
     from stackgan_cli.data.prepared import load_prepared
 
-    images = load_prepared("cub").split("train").images(304)
-    torch.manual_seed(0)
-    net = inception_v3(weights=None, aux_logits=True, init_weights=False)
-    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None
-    net.train()
-    with torch.no_grad():
-        for k in range(batches):
-            crops = torch.from_numpy(images[k * batch : (k + 1) * batch, 24:280, 24:280].copy())
-            x = crops.permute(0, 3, 1, 2).float() / 127.5 - 1
-            net(nn.functional.interpolate(x, size=(299, 299), mode="bilinear"))
-    for norm in norms:
-        norm.momentum = 0.1
-    torch.save(net.state_dict(), path)
+    return load_prepared("cub").split("train").images(304)
 
 
 def timed_run(views: int, args: argparse.Namespace, weights: Path, home: Path, env: dict) -> dict:
@@ -180,7 +162,7 @@ def main() -> None:
         env = {**os.environ, "STACKGAN_HOME": str(home), "PYTHONPATH": str(ROOT)}
         prepare(home, env)
         weights = Path(scratch) / "inception_v3_google-calibrated.pth"
-        calibrated_weights(weights, home)
+        calibrated_inception_weights(weights, training_images(home))
         official = timed_run(0, args, weights, home, env)
         cached = timed_run(args.views, args, weights, home, env)
     ratio = official["median_epoch_cpu_s"] / cached["median_epoch_cpu_s"]

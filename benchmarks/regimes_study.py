@@ -21,6 +21,13 @@ Prints one JSON line per run (and one for the machine) on stdout. Linux only (/p
 The dataset is prepared once in ``OUT/home`` (its own STACKGAN_HOME): 400 images, 300 training
 ones of 18 classes and 100 test ones of 6 classes, the text encoder trained for 8 epochs
 (as tests/test_conditioning.py).
+
+The AttnGAN regimes (``--arch attngan``) and StackGAN-v1 on DAMSM features read a DAMSM trained
+once on the same training images before any budget starts, as the char-CNN-RNN stand-in is:
+``stackgan train --arch damsm`` for ``--damsm-epochs`` epochs at its default widths, on random
+Inception-v3 weights whose BatchNorm statistics are measured on the shapes images (no ImageNet
+file is reachable offline; benchmarks/inception_weights.py). Its cost and last retrieval
+accuracy go into the machine line.
 """
 
 from __future__ import annotations
@@ -52,6 +59,11 @@ REGIMES: dict[str, list[str]] = {
     "hinge+spectral+diffaugment": ["--loss", "hinge", "--d-norm", "spectral",
                                    "--diffaugment", POLICY],
     "official+ema": ["--ema", "0.99"],
+    # the DAMSM of prepare_damsm() in place of "{damsm}"
+    "official+damsm-text": ["--damsm", "{damsm}"],
+    "attngan": ["--arch", "attngan", "--branches", "2", "--damsm", "{damsm}"],
+    "attngan+damsm-weight0": ["--arch", "attngan", "--branches", "2", "--damsm", "{damsm}",
+                              "--damsm-weight", "0"],
 }  # fmt: skip
 PHRASINGS = ("an image of a {colour} {shape}", "{colour} {shape}", "please draw a {colour} {shape}")
 WIDTH, BATCH, SAMPLES_SEEN, SAMPLES_HELD, LOG_EVERY = 8, 32, 2, 4, 10
@@ -78,6 +90,57 @@ def prepare(home: Path, env: dict[str, str]) -> None:
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
 
 
+def uses_damsm(regimes: list[str]) -> bool:
+    return any("{damsm}" in REGIMES[name] for name in regimes)
+
+
+def prepare_damsm(home: Path, epochs: int, env: dict[str, str]) -> dict:
+    """Train the study's DAMSM once (``home/damsm.pt``); its CPU seconds and last test line."""
+    damsm, run_dir = home / "damsm.pt", home / "damsm-run"
+    log = home / "damsm.train.log"
+    if damsm.exists():
+        return {"damsm": str(damsm), "damsm_log": str(log)}
+    env_here = {**env, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}  # not a budgeted run
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "from inception_weights import calibrated_inception_weights; "
+        "from stackgan_cli.data.prepared import load_prepared; "
+        "calibrated_inception_weights(__import__('pathlib').Path(sys.argv[2]), "
+        "load_prepared('shapes').split('train').images(304))"
+    )
+    weights = home / "inception_v3_google-calibrated.pth"
+    subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent), str(weights)],
+        env=env_here, check=True, capture_output=True,
+    )  # fmt: skip
+    started = time.monotonic()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            cli("train", "--arch", "damsm", "--dataset", "shapes", "--epochs", str(epochs),
+                "--batch-size", str(BATCH), "--inception-weights", str(weights), "--seed", "0",
+                "--device", "cpu", "--run-dir", str(run_dir), "--out", str(damsm)),
+            env=env_here, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        used = 0.0
+        while proc.poll() is None:
+            time.sleep(0.25)
+            try:
+                used = cpu_seconds(proc.pid)
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                break
+    if proc.wait() != 0:
+        sys.exit(f"the study's DAMSM did not train: see {log}")
+    tests = [r for r in metrics_lines(run_dir / "metrics.jsonl") if r.get("split") == "test"]
+    return {
+        "damsm": str(damsm),
+        "damsm_epochs": epochs,
+        "damsm_cpu_seconds": round(used, 1),
+        "damsm_wall_seconds": round(time.monotonic() - started, 1),
+        "damsm_caption_to_image_top1": round(tests[-1]["caption_to_image_top1"], 3),
+        "damsm_image_to_caption_top1": round(tests[-1]["image_to_caption_top1"], 3),
+    }
+
+
 def metrics_lines(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -89,7 +152,8 @@ def train(run: str, extra: list[str], seed: int, budget: float, out: Path, env: 
     run_dir = out / "runs" / run
     generator = out / "generators" / f"{run}.pt"
     generator.parent.mkdir(parents=True, exist_ok=True)
-    args = ["train", "--stage", "1", "--dataset", "shapes", "--epochs", "100000",
+    family = [] if "--arch" in extra else ["--stage", "1"]
+    args = ["train", *family, "--dataset", "shapes", "--epochs", "100000",
             "--batch-size", str(BATCH), "--gf-dim", str(WIDTH), "--df-dim", str(WIDTH),
             "--sample-every", "100000", "--snapshot-every", "100000",
             "--log-every", str(LOG_EVERY), "--seed", str(seed), "--device", "cpu",
@@ -186,10 +250,14 @@ def grid(images: dict, run: str, out: Path) -> Path:
     return path
 
 
-def study_one(name: str, seed: int, budget: float, out: Path, env: dict[str, str]) -> dict:
+def study_one(
+    name: str, seed: int, budget: float, out: Path, env: dict[str, str], damsm: str | None
+) -> dict:
     run = f"{name}-seed{seed}"
-    record = {"regime": name, "seed": seed, "options": " ".join(REGIMES[name]) or "(official)"}
-    record.update(train(run, REGIMES[name], seed, budget, out, env))
+    options = REGIMES[name]
+    record = {"regime": name, "seed": seed, "options": " ".join(options) or "(official)"}
+    extra = [damsm if option == "{damsm}" else option for option in options]
+    record.update(train(run, extra, seed, budget, out, env))
     record.update(accuracy(record["generator"], run, out, env))
     return record
 
@@ -238,6 +306,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="folder for the dataset, runs and grids")
     parser.add_argument("--regimes", default=",".join(REGIMES))
     parser.add_argument(
+        "--damsm-epochs", type=int, default=30, help="epochs of the DAMSM the DAMSM regimes read"
+    )
+    parser.add_argument(
         "--table", type=Path, help="print the Markdown table of a study's JSON lines and exit"
     )
     args = parser.parse_args()
@@ -251,6 +322,11 @@ def main() -> None:
     env = {**os.environ, "STACKGAN_HOME": str(out / "home"), "OMP_NUM_THREADS": "1"}
     env.setdefault("PYTHONUNBUFFERED", "1")
     prepare(out / "home", env)
+    regimes = args.regimes.split(",")
+    unknown = [name for name in regimes if name not in REGIMES]
+    if unknown:
+        parser.error(f"unknown regimes: {', '.join(unknown)}")
+    damsm = prepare_damsm(out / "home", args.damsm_epochs, env) if uses_damsm(regimes) else {}
     machine = {
         "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
@@ -258,11 +334,15 @@ def main() -> None:
         "parallel": args.parallel,
         "cpu_seconds": args.cpu_seconds,
         "load": os.getloadavg(),
+        **damsm,
     }
     print(json.dumps(machine), flush=True)
-    jobs = [(name, int(seed)) for seed in args.seeds.split(",") for name in args.regimes.split(",")]
+    jobs = [(name, int(seed)) for seed in args.seeds.split(",") for name in regimes]
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        futures = [pool.submit(study_one, n, s, args.cpu_seconds, out, env) for n, s in jobs]
+        futures = [
+            pool.submit(study_one, n, s, args.cpu_seconds, out, env, damsm.get("damsm"))
+            for n, s in jobs
+        ]
         for future in futures:
             print(json.dumps(future.result()), flush=True)
 

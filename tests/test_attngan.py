@@ -228,6 +228,29 @@ def test_the_generator_damsm_terms_are_the_official_ones():
     )
 
 
+def test_damsm_weight_zero_skips_the_image_encoder_pass():
+    torch.manual_seed(0)
+    image_encoder = DAMSMImageEncoder(DAMSM_CFG).eval()
+    passes = []
+    image_encoder.register_forward_hook(lambda *args: passes.append(1))
+    text = make_damsm_text().encode(["train bird 3 caption 4", "test bird"])
+    from stackgan_cli.families.attngan import TrainingText
+    from stackgan_cli.families.base import GeneratorOutput
+
+    output = GeneratorOutput(
+        images=[torch.rand(2, 3, 64, 64) * 2 - 1],
+        mu=None,
+        logvar=None,
+        extras={"text": TrainingText(text, torch.tensor([0, 1]))},
+    )
+    weighted = AttnGAN(TINY_G_CFG, damsm=_Bundle(image_encoder), damsm_weight=5.0)
+    assert set(weighted.generator_terms(output)) == {"damsm_words", "damsm_sentence"}
+    assert len(passes) == 1
+    off = AttnGAN(TINY_G_CFG, damsm=_Bundle(image_encoder), damsm_weight=0.0)
+    assert off.generator_term_names == () and off.generator_terms(output) == {}
+    assert len(passes) == 1
+
+
 class _Bundle:
     def __init__(self, image_encoder):
         self.image_encoder = image_encoder

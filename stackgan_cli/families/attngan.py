@@ -257,11 +257,14 @@ class AttnGAN(Family):
 
     @property
     def generator_term_names(self) -> tuple[str, ...]:
-        return ("damsm_words", "damsm_sentence")
+        return ("damsm_words", "damsm_sentence") if self.damsm_weight > 0 else ()
 
     def generator_terms(self, output: GeneratorOutput) -> dict[str, Tensor]:
         """The DAMSM matching losses of the largest fake images, both directions, weighted by
-        ``damsm_weight`` (LAMBDA): ``damsm_words`` and ``damsm_sentence``."""
+        ``damsm_weight`` (LAMBDA): ``damsm_words`` and ``damsm_sentence``; none when
+        ``damsm_weight`` is 0, which then skips the image encoder's pass altogether."""
+        if not self.generator_term_names:
+            return {}
         text: TrainingText = output.extras["text"]
         features = text.features
         fakes = output.images[-1].float().contiguous(memory_format=torch.channels_last)
